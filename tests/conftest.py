@@ -1,0 +1,119 @@
+"""Shared fixtures: real servers, isolated per test.
+
+A server that does not answer skips its tests locally and fails them when ``CI=true``.
+Redis tests use database 9 (flushed before each test); RabbitMQ tests use their own queue
+names; SQS tests use a moto server started once per session on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+REDIS_HOST, REDIS_PORT, REDIS_TEST_DB = "127.0.0.1", 6379, 9
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+# The brokers that run the shared contract and worker suites.
+CONTRACT_BROKERS = ["memory", "sqlite"]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_server(name: str, host: str, port: int) -> None:
+    """Skip (locally) or fail (in CI) when a server is not answering."""
+    if port_open(host, port):
+        return
+    message = f"{name} is not answering on {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: servers are required)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Wait until ``condition()`` is truthy, failing the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s: {condition}")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_TEST_DB)
+    client.flushdb()
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_TEST_DB}"
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def rabbitmq_url() -> str:
+    require_server("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> Iterator[str]:
+    """A real SQS-compatible server (moto) on a free loopback port, for the whole session."""
+    executable = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    if not Path(executable).exists():
+        if IN_CI:
+            pytest.fail("moto_server is not installed (pip install 'moto[server]')")
+        pytest.skip("moto_server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [executable, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'taskframe.sqlite3'}"
+
+
+@pytest.fixture
+def memory_url() -> str:
+    return f"memory://{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=CONTRACT_BROKERS)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each contract broker's URL, isolated for this test."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
