@@ -323,7 +323,7 @@ BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
 
 BACKEND_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("taskframe.brokers.memory", "MemoryBackend", None),
-    "sqlite": ("taskframe.brokers.sqlite", "SQLiteBackend", None),
+    "sqlite": ("taskframe.brokers.sqlite_backend", "SQLiteBackend", None),
     "redis": ("taskframe.brokers.redis", "RedisBackend", "redis"),
     "rediss": ("taskframe.brokers.redis", "RedisBackend", "redis"),
     "redis+socket": ("taskframe.brokers.redis", "RedisBackend", "redis"),

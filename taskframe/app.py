@@ -1,0 +1,585 @@
+"""The application: settings, the task registry, and sending tasks.
+
+``Taskframe`` (alias ``Celery``) holds one broker and one result backend, made lazily from
+``broker_url`` and ``result_backend`` and made again after a fork, so prefork children never
+share a parent's connection.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from taskframe import signals
+from taskframe.brokers.base import Broker, Message, ResultBackend, backend_from_url, broker_from_url
+from taskframe.config import DEFAULT_BROKER_URL, Settings
+from taskframe.context import current_request, set_current_app
+from taskframe.exceptions import ImproperlyConfigured, NotRegistered
+from taskframe.protocol import TaskMessage, encode_task
+from taskframe.result_meta import encode_meta
+from taskframe.routing import Router
+from taskframe.task import Task
+from taskframe.timeutils import deadline_from, seconds_until, utcnow
+
+if TYPE_CHECKING:
+    from taskframe.canvas.signature import Signature
+    from taskframe.result import AsyncResult, GroupResult
+
+__all__ = ["Celery", "Taskframe", "shared_task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("taskframe.app")
+
+
+class TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    @overload
+    def __call__(
+        self, fun: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fun: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+
+_shared_task_factories: list[Callable[[Taskframe], Task[Any, Any]]] = []
+"""Tasks made with ``@shared_task``: registered on every app, as in Celery."""
+
+
+class Taskframe:
+    """A taskframe application. ``Celery`` is the same class under Celery's name."""
+
+    def __init__(
+        self,
+        main: str | None = None,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] | None = None,
+        *,
+        config_source: Any = None,
+        set_as_current: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self.conf = Settings()
+        if config_source is not None:
+            self.conf.from_object(config_source)
+        if settings:
+            self.conf.update(settings)
+        if broker is not None:
+            self.conf.broker_url = broker
+        if backend is not None:
+            self.conf.result_backend = backend
+        if include:
+            self.conf.include = tuple(include)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.oid = str(uuid.uuid4())
+        self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
+        self.on_after_configure = signals.Signal("on_after_configure")
+        self.on_after_finalize = signals.Signal("on_after_finalize")
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._router: Router | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._finalized = False
+        self._shared_seen = 0
+        if set_as_current:
+            set_current_app(self)
+
+    def __repr__(self) -> str:
+        return f"<Taskframe {self.main or '__main__'} broker={self.broker_url}>"
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def config_from_object(
+        self, obj: Any, namespace: str | None = None, *, silent: bool = False, force: bool = False
+    ) -> None:
+        self.conf.from_object(obj, namespace=namespace, silent=silent)
+        self._reset_connections()
+
+    def config_from_envvar(self, variable_name: str, *, silent: bool = False) -> None:
+        module_name = os.environ.get(variable_name)
+        if not module_name:
+            if silent:
+                return
+            raise ImproperlyConfigured(f"environment variable {variable_name} is not set")
+        self.config_from_object(module_name, silent=silent)
+
+    @property
+    def broker_url(self) -> str:
+        url: str | None = self.conf.broker_url
+        return url or DEFAULT_BROKER_URL
+
+    @property
+    def result_backend_url(self) -> str | None:
+        """The backend URL; by default the sqlite broker's own file keeps results too."""
+        url: str | None = self.conf.result_backend
+        if url in ("disabled", "none"):
+            return None
+        if url:
+            return url
+        broker_url = self.broker_url
+        if broker_url.startswith(("sqlite:", "memory:")):
+            return broker_url
+        return None
+
+    @property
+    def broker(self) -> Broker:
+        self._check_fork()
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = broker_from_url(
+                        self.broker_url, transport_options=self.conf.broker_transport_options
+                    )
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend | None:
+        """The result backend, or None when results are disabled."""
+        self._check_fork()
+        if self._backend is None:
+            url = self.result_backend_url
+            if url is None:
+                return None
+            with self._lock:
+                if self._backend is None:
+                    self._backend = backend_from_url(
+                        url, options=self.conf.result_backend_transport_options
+                    )
+        return self._backend
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            self._router = Router(self.conf.task_routes, self.conf.task_default_queue)
+        return self._router
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self.origin = f"gen{self._pid}@{socket.gethostname()}"
+            self._broker = None
+            self._backend = None
+
+    def _reset_connections(self) -> None:
+        for resource in (self._broker, self._backend):
+            if resource is not None:
+                resource.close()
+        self._broker = None
+        self._backend = None
+        self._router = None
+
+    def close(self) -> None:
+        self._reset_connections()
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @overload
+    def task(  # type: ignore[overload-overlap]  # a coroutine function is also a Callable[P, R]
+        self, fun: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> Task[P, R]: ...
+    @overload
+    def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, *, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+        if fun is not None:
+            return self._register(fun, options)
+        return lambda function: self._register(function, options)
+
+    def _register(self, fun: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
+        options = dict(options)
+        bind = bool(options.pop("bind", False))
+        base: type[Task[Any, Any]] = options.pop("base", None) or Task
+        name = options.pop("name", None) or self.gen_task_name(fun.__name__, fun.__module__)
+        if name in self.tasks and getattr(self.tasks[name], "__wrapped__", None) is fun:
+            return self.tasks[name]
+        is_async = inspect.iscoroutinefunction(fun)
+        run = fun if bind else staticmethod(fun)
+        attributes: dict[str, Any] = {
+            "name": name,
+            "app": self,
+            "run": run,
+            "bound": bind,
+            "is_async": is_async,
+            "__wrapped__": fun,
+            "__doc__": fun.__doc__,
+            "__module__": fun.__module__,
+            "__qualname__": fun.__qualname__,
+            **options,
+        }
+        task_class = type(fun.__name__, (base,), attributes)
+        task: Task[Any, Any] = task_class()
+        self.tasks[name] = task
+        return task
+
+    def gen_task_name(self, name: str, module: str) -> str:
+        if module == "__main__" and self.main:
+            module = self.main
+        return f"{module}.{name}"
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The registered task called ``name``; imports ``include``/``imports`` first."""
+        try:
+            return self.tasks[name]
+        except KeyError:
+            self.finalize()
+            try:
+                return self.tasks[name]
+            except KeyError:
+                raise NotRegistered(
+                    f"task {name!r} is not registered in app {self.main or '__main__'!r}; "
+                    f"known tasks: {', '.join(sorted(self.tasks)) or 'none'}"
+                ) from None
+
+    def finalize(self) -> None:
+        """Import the configured task modules and adopt shared tasks (idempotent)."""
+        for factory in _shared_task_factories[self._shared_seen :]:
+            factory(self)
+        self._shared_seen = len(_shared_task_factories)
+        if self._finalized:
+            return
+        self._finalized = True
+        for module_name in (*self.conf.imports, *self.conf.include):
+            importlib.import_module(module_name)
+        for factory in _shared_task_factories[self._shared_seen :]:
+            factory(self)
+        self._shared_seen = len(_shared_task_factories)
+        self.on_after_configure.send(sender=self, source=self.conf)
+        self.on_after_finalize.send(sender=self)
+
+    def autodiscover_tasks(
+        self, packages: Iterable[str] | Callable[[], Iterable[str]], related_name: str = "tasks"
+    ) -> None:
+        """Import ``<package>.tasks`` for each package that has one (Django's INSTALLED_APPS)."""
+        names = packages() if callable(packages) else packages
+        for package in names:
+            try:
+                importlib.import_module(f"{package}.{related_name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{package}.{related_name}":
+                    raise
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        task_id: str | None = None,
+        expires: float | datetime | None = None,
+        queue: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        headers: dict[str, Any] | None = None,
+        serializer: str | None = None,
+        compression: str | None = None,
+        ignore_result: bool | None = None,
+        link: Signature | Sequence[Any] | None = None,
+        link_error: Signature | Sequence[Any] | None = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
+        """Send a task message by name; returns its AsyncResult at once."""
+        queue_name, delay, message = self.build_message(
+            name,
+            args,
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            task_id=task_id,
+            expires=expires,
+            queue=queue,
+            routing_key=routing_key,
+            priority=priority,
+            headers=headers,
+            serializer=serializer,
+            compression=compression,
+            ignore_result=ignore_result,
+            link=link,
+            link_error=link_error,
+            task=task,
+            **options,
+        )
+        if signals.before_task_publish.has_receivers():
+            signals.before_task_publish.send(
+                sender=name, body=message.body, exchange="", routing_key=queue_name,
+                headers=message.headers, properties=message.properties, declare=[],
+                retry_policy=None,
+            )
+        self.broker.publish(queue_name, message, delay=delay, priority=message.priority)
+        if signals.after_task_publish.has_receivers():
+            signals.after_task_publish.send(
+                sender=name, body=message.body, exchange="", routing_key=queue_name,
+                headers=message.headers,
+            )
+        return self.AsyncResult(message.headers["id"], task_name=name)
+
+    def build_message(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        task_id: str | None = None,
+        expires: float | datetime | None = None,
+        queue: str | None = None,
+        routing_key: str | None = None,
+        priority: int | None = None,
+        headers: dict[str, Any] | None = None,
+        serializer: str | None = None,
+        compression: str | None = None,
+        ignore_result: bool | None = None,
+        link: Any = None,
+        link_error: Any = None,
+        task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> tuple[str, float, Message]:
+        """The queue, delay in seconds and encoded message for one call (no I/O)."""
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        if task is None:
+            task = self.tasks.get(name)
+        now = utcnow()
+        delay = 0.0
+        if countdown is not None:
+            delay = max(0.0, float(countdown))
+            eta = deadline_from(delay, now)
+        elif eta is not None:
+            eta = deadline_from(eta, now)
+            assert eta is not None
+            delay = seconds_until(eta, now)
+        parent = current_request()
+        root_id = options.pop("root_id", None)
+        parent_id = options.pop("parent_id", None)
+        if parent is not None and parent.id is not None and options.pop("add_to_parent", True):
+            root_id = root_id or parent.root_id or parent.id
+            parent_id = parent_id or parent.id
+        route = self.router.route(
+            name, args, kwargs, {"queue": queue, "routing_key": routing_key}, task=task
+        )
+        queue_name = route.get("queue") or self.conf.task_default_queue
+        if priority is None:
+            priority = route.get("priority")
+        if priority is None and task is not None:
+            priority = task.priority
+        if priority is None:
+            priority = self.conf.task_default_priority
+        if ignore_result is None and task is not None:
+            ignore_result = (
+                task.ignore_result
+                if task.ignore_result is not None
+                else bool(self.conf.task_ignore_result)
+            )
+        time_limit = options.pop("time_limit", None)
+        soft_time_limit = options.pop("soft_time_limit", None)
+        if task is not None:
+            time_limit = task.time_limit if time_limit is None else time_limit
+            soft_time_limit = task.soft_time_limit if soft_time_limit is None else soft_time_limit
+        extra_headers = dict(headers or {})
+        task_message = TaskMessage(
+            id=task_id or str(uuid.uuid4()),
+            task=name,
+            args=args,
+            kwargs=kwargs,
+            callbacks=_signature_dicts(link),
+            errbacks=_signature_dicts(link_error),
+            chain=_signature_dicts(options.pop("chain", None)),
+            chord=_signature_dict(options.pop("chord", None)),
+            eta=eta,
+            expires=deadline_from(expires, now),
+            retries=int(options.pop("retries", 0) or 0),
+            timelimit=(time_limit, soft_time_limit),
+            root_id=root_id,
+            parent_id=parent_id,
+            group=options.pop("group_id", None),
+            group_index=options.pop("group_index", None),
+            shadow=options.pop("shadow", None),
+            origin=options.pop("origin", None) or self.origin,
+            ignore_result=ignore_result,
+            reply_to=options.pop("reply_to", None) or self.oid,
+            priority=priority,
+            replaced_task_nesting=int(options.pop("replaced_task_nesting", 0) or 0),
+            stamped_headers=options.pop("stamped_headers", None),
+            stamps=options.pop("stamps", None) or {},
+            extra_headers=extra_headers,
+        )
+        arg_names = _parameter_names(task)
+        message = encode_task(
+            task_message,
+            serializer=serializer
+            or (task.serializer if task is not None and task.serializer else None)
+            or self.conf.task_serializer,
+            compression=compression
+            or (task.compression if task is not None else None)
+            or self.conf.task_compression,
+            arg_names=arg_names,
+        )
+        return queue_name, delay, message
+
+    # -- results -------------------------------------------------------------------------------
+
+    def AsyncResult(  # noqa: N802 - Celery's name
+        self, task_id: str, *, task_name: str | None = None
+    ) -> AsyncResult[Any]:
+        from taskframe.result import AsyncResult
+
+        return AsyncResult(task_id, app=self, task_name=task_name)
+
+    def GroupResult(  # noqa: N802 - Celery's name
+        self, group_id: str, results: Sequence[AsyncResult[Any]]
+    ) -> GroupResult:
+        from taskframe.result import GroupResult
+
+        return GroupResult(group_id, list(results), app=self)
+
+    def store_result(
+        self,
+        task_id: str,
+        state: str,
+        result: Any,
+        *,
+        traceback: str | None = None,
+        request: Any = None,
+        children: list[Any] | None = None,
+    ) -> None:
+        """Encode and store one task state in Celery's result-meta format."""
+        backend = self.backend
+        if backend is None:
+            return
+        extended = None
+        if self.conf.result_extended and request is not None:
+            extended = {
+                "name": request.task,
+                "args": request.args,
+                "kwargs": request.kwargs,
+                "worker": request.hostname,
+                "retries": request.retries,
+                "queue": (request.delivery_info or {}).get("routing_key"),
+            }
+        payload = encode_meta(
+            task_id,
+            state,
+            result,
+            traceback=traceback,
+            children=children,
+            group_id=getattr(request, "group", None),
+            parent_id=getattr(request, "parent_id", None),
+            extended=extended,
+            serializer=self.conf.result_serializer,
+        )
+        backend.set(task_id, payload, expires=self.result_expires_seconds)
+
+    @property
+    def result_expires_seconds(self) -> float | None:
+        expires = self.conf.result_expires
+        if expires is None:
+            return None
+        if hasattr(expires, "total_seconds"):
+            return float(expires.total_seconds())
+        return float(expires)
+
+    def signature(self, name: str, args: Sequence[Any] = (), kwargs: Any = None, **options: Any) -> Signature:
+        from taskframe.canvas.signature import Signature
+
+        return Signature(name, tuple(args), kwargs or {}, options, app=self)
+
+    def add_periodic_task(
+        self, schedule: Any, sig: Any, name: str | None = None, **options: Any
+    ) -> str:
+        """Add a beat entry, as Celery's ``app.add_periodic_task``; returns its name."""
+        from taskframe.beat.entry import add_periodic_task
+
+        entry_name: str = add_periodic_task(self, schedule, sig, name=name, **options)
+        return entry_name
+
+
+Celery = Taskframe
+
+
+def _parameter_names(task: Task[Any, Any] | None) -> list[str] | None:
+    if task is None:
+        return None
+    try:
+        parameters = list(inspect.signature(task.run).parameters)
+    except (TypeError, ValueError):
+        return None
+    return parameters
+
+
+def _signature_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if hasattr(value, "as_dict"):
+        result: dict[str, Any] = value.as_dict()
+        return result
+    return dict(value)
+
+
+def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [d for d in (_signature_dict(item) for item in value) if d is not None]
+    single = _signature_dict(value)
+    return [single] if single is not None else None
+
+
+@overload
+def shared_task(  # type: ignore[overload-overlap]  # a coroutine function is also Callable[P, R]
+    fun: Callable[P, Coroutine[Any, Any, R]], /
+) -> Task[P, R]: ...
+@overload
+def shared_task(fun: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(*, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+@overload
+def shared_task(*, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+
+
+def shared_task(fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """A task registered on every app, for reusable libraries (Celery's ``shared_task``).
+
+    Returns the task of the current app; apps created later register it when finalized."""
+
+    def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
+        def factory(app: Taskframe) -> Task[Any, Any]:
+            return app._register(function, options)
+
+        _shared_task_factories.append(factory)
+        from taskframe.context import current_app
+
+        app = current_app()
+        task = factory(app)
+        app._shared_seen = len(_shared_task_factories)
+        return task
+
+    if fun is not None:
+        return decorate(fun)
+    return decorate
