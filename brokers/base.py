@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 from taskframe.exceptions import ImproperlyConfigured
 
 __all__ = [
-    "BROKER_SCHEMES",
     "BACKEND_SCHEMES",
+    "BROKER_SCHEMES",
     "Broker",
     "Capabilities",
     "DeadLetter",
@@ -171,9 +171,7 @@ class Broker(ABC):
             self.publish(queue, message, delay=delay, priority=priority)
 
     @abstractmethod
-    def receive(
-        self, queues: Sequence[str], max_messages: int, timeout: float
-    ) -> list[Delivery]:
+    def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         """Up to ``max_messages`` ready deliveries from ``queues``, waiting at most ``timeout``
         seconds for the first. Higher priority first; queues served fairly."""
 

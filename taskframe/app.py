@@ -30,8 +30,8 @@ from taskframe.task import Task
 from taskframe.timeutils import deadline_from, seconds_until, utcnow
 
 if TYPE_CHECKING:
+    from taskframe import result as results
     from taskframe.canvas.signature import Signature
-    from taskframe.result import AsyncResult, GroupResult
 
 __all__ = ["Celery", "Taskframe", "shared_task"]
 
@@ -191,9 +191,7 @@ class Taskframe:
     # -- tasks -------------------------------------------------------------------------------
 
     @overload
-    def task(  # type: ignore[overload-overlap]  # a coroutine function is also a Callable[P, R]
-        self, fun: Callable[P, Coroutine[Any, Any, R]], /
-    ) -> Task[P, R]: ...
+    def task(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
     @overload
     def task(self, fun: Callable[P, R], /) -> Task[P, R]: ...
     @overload
@@ -201,10 +199,10 @@ class Taskframe:
     @overload
     def task(self, *, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
 
-    def task(self, fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    def task(self, *args: Any, **options: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
-        if fun is not None:
-            return self._register(fun, options)
+        if args:
+            return self._register(args[0], options)
         return lambda function: self._register(function, options)
 
     def _register(self, fun: Callable[..., Any], options: dict[str, Any]) -> Task[Any, Any]:
@@ -303,7 +301,7 @@ class Taskframe:
         link_error: Signature | Sequence[Any] | None = None,
         task: Task[Any, Any] | None = None,
         **options: Any,
-    ) -> AsyncResult[Any]:
+    ) -> results.AsyncResult[Any]:
         """Send a task message by name; returns its AsyncResult at once."""
         queue_name, delay, message = self.build_message(
             name,
@@ -327,14 +325,22 @@ class Taskframe:
         )
         if signals.before_task_publish.has_receivers():
             signals.before_task_publish.send(
-                sender=name, body=message.body, exchange="", routing_key=queue_name,
-                headers=message.headers, properties=message.properties, declare=[],
+                sender=name,
+                body=message.body,
+                exchange="",
+                routing_key=queue_name,
+                headers=message.headers,
+                properties=message.properties,
+                declare=[],
                 retry_policy=None,
             )
         self.broker.publish(queue_name, message, delay=delay, priority=message.priority)
         if signals.after_task_publish.has_receivers():
             signals.after_task_publish.send(
-                sender=name, body=message.body, exchange="", routing_key=queue_name,
+                sender=name,
+                body=message.body,
+                exchange="",
+                routing_key=queue_name,
                 headers=message.headers,
             )
         return self.AsyncResult(message.headers["id"], task_name=name)
@@ -445,19 +451,19 @@ class Taskframe:
 
     # -- results -------------------------------------------------------------------------------
 
-    def AsyncResult(  # noqa: N802 - Celery's name
+    def AsyncResult(
         self, task_id: str, *, task_name: str | None = None
-    ) -> AsyncResult[Any]:
+    ) -> results.AsyncResult[Any]:
         from taskframe.result import AsyncResult
 
         return AsyncResult(task_id, app=self, task_name=task_name)
 
-    def GroupResult(  # noqa: N802 - Celery's name
-        self, group_id: str, results: Sequence[AsyncResult[Any]]
-    ) -> GroupResult:
+    def GroupResult(
+        self, group_id: str, members: Sequence[results.AsyncResult[Any]]
+    ) -> results.GroupResult:
         from taskframe.result import GroupResult
 
-        return GroupResult(group_id, list(results), app=self)
+        return GroupResult(group_id, list(members), app=self)
 
     def store_result(
         self,
@@ -505,10 +511,18 @@ class Taskframe:
             return float(expires.total_seconds())
         return float(expires)
 
-    def signature(self, name: str, args: Sequence[Any] = (), kwargs: Any = None, **options: Any) -> Signature:
+    def signature(
+        self, name: str, args: Sequence[Any] = (), kwargs: Any = None, **options: Any
+    ) -> Signature:
         from taskframe.canvas.signature import Signature
 
         return Signature(name, tuple(args), kwargs or {}, options, app=self)
+
+    def test_worker(self, **options: Any) -> Any:
+        """An in-process worker for tests: ``with app.test_worker(): ...``."""
+        from taskframe.testing import start_worker
+
+        return start_worker(self, **options)
 
     def add_periodic_task(
         self, schedule: Any, sig: Any, name: str | None = None, **options: Any
@@ -552,9 +566,7 @@ def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
 
 
 @overload
-def shared_task(  # type: ignore[overload-overlap]  # a coroutine function is also Callable[P, R]
-    fun: Callable[P, Coroutine[Any, Any, R]], /
-) -> Task[P, R]: ...
+def shared_task(fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
 @overload
 def shared_task(fun: Callable[P, R], /) -> Task[P, R]: ...
 @overload
@@ -563,7 +575,7 @@ def shared_task(*, bind: Literal[True], **options: Any) -> BoundTaskDecorator: .
 def shared_task(*, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
 
 
-def shared_task(fun: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+def shared_task(*args: Any, **options: Any) -> Any:
     """A task registered on every app, for reusable libraries (Celery's ``shared_task``).
 
     Returns the task of the current app; apps created later register it when finalized."""
@@ -580,6 +592,6 @@ def shared_task(fun: Callable[..., Any] | None = None, /, **options: Any) -> Any
         app._shared_seen = len(_shared_task_factories)
         return task
 
-    if fun is not None:
-        return decorate(fun)
+    if args:
+        return decorate(args[0])
     return decorate

@@ -52,7 +52,9 @@ def apply_eagerly(
         ignore_result=options.get("ignore_result"),
     )
     delivery_info = {"is_eager": True, "routing_key": options.get("queue")}
-    outcome = execute(app, message, hostname="localhost", delivery_info=delivery_info, is_eager=True)
+    outcome = execute(
+        app, message, hostname="localhost", delivery_info=delivery_info, is_eager=True
+    )
     if outcome.state == states.RETRY and outcome.exception is not None:
         retry_sig = getattr(outcome.exception, "sig", None)
         if retry_sig is not None:

@@ -41,7 +41,7 @@ class AsyncResult(ResultBase, Generic[R]):
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's parameter name
+        id: str,
         *,
         app: Taskframe | None = None,
         task_name: str | None = None,
@@ -105,9 +105,12 @@ class AsyncResult(ResultBase, Generic[R]):
     def info(self) -> Any:
         meta = self._meta()
         value = meta.get("result")
-        if meta["status"] in states.EXCEPTION_STATES and isinstance(value, dict):
-            if "exc_type" in value:
-                return exception_from_dict(value)
+        if (
+            meta["status"] in states.EXCEPTION_STATES
+            and isinstance(value, dict)
+            and "exc_type" in value
+        ):
+            return exception_from_dict(value)
         return value
 
     result = info
@@ -166,7 +169,8 @@ class AsyncResult(ResultBase, Generic[R]):
                 )
             meta = decode_meta(payload, serializer)
             self._cache = meta
-        return self._value_from(meta, propagate)
+        value: R = self._value_from(meta, propagate)
+        return value
 
     wait = get
 
@@ -223,7 +227,7 @@ class EagerResult(AsyncResult[R]):
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's parameter name
+        id: str,
         value: Any,
         state: str,
         *,
@@ -283,7 +287,7 @@ class GroupResult(ResultBase):
 
     def __init__(
         self,
-        id: str,  # noqa: A002 - Celery's parameter name
+        id: str,
         results: Sequence[AsyncResult[Any]] = (),
         *,
         app: Taskframe | None = None,

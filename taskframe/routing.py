@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["Router"]
 
@@ -43,12 +43,11 @@ class Router:
     @staticmethod
     def _compile(route: Any) -> RouteFunction:
         if callable(route):
-            return route
+            return cast(RouteFunction, route)
         if isinstance(route, str):
             from taskframe.utils.imports import symbol_by_name
 
-            imported: RouteFunction = symbol_by_name(route)
-            return imported
+            return cast(RouteFunction, symbol_by_name(route))
         if isinstance(route, Mapping):
             return _MapRoute(route)
         raise TypeError(f"task_routes entry {route!r} is neither a dict nor a router function")

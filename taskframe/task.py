@@ -106,7 +106,7 @@ class Task(Generic[P, R]):
         if self.typing:
             self._check_arguments(args, kwargs)
         if self.app.conf.task_always_eager:
-            return self.apply(  # type: ignore[return-value]  # EagerResult is an AsyncResult
+            return self.apply(
                 args, kwargs, task_id=task_id, link=link, link_error=link_error, **options
             )
         return self.app.send_task(
@@ -193,7 +193,7 @@ class Task(Generic[P, R]):
 
     subtask = signature
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         from taskframe.result import AsyncResult
 
         return AsyncResult(task_id, app=self.app)
@@ -217,8 +217,12 @@ class Task(Generic[P, R]):
         ``max_retries`` is used up, re-raises ``exc`` or :class:`MaxRetriesExceededError`."""
         request = self.request
         if request.called_directly:
-            raise exc if exc is not None else RuntimeError(
-                f"task {self.name!r} was called directly, so it cannot be retried"
+            raise (
+                exc
+                if exc is not None
+                else RuntimeError(
+                    f"task {self.name!r} was called directly, so it cannot be retried"
+                )
             )
         limit = self.max_retries if max_retries is None else max_retries
         if limit is not None and request.retries >= limit:
@@ -348,4 +352,3 @@ class Task(Generic[P, R]):
         if target is None:
             raise RuntimeError("update_state() needs a task_id outside a running task")
         self.app.store_result(target, state or "PENDING", meta, request=self.request)
-

@@ -52,7 +52,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
     """Wait until ``condition()`` is truthy, failing the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
