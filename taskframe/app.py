@@ -26,6 +26,7 @@ from taskframe.exceptions import ImproperlyConfigured, NotRegistered
 from taskframe.protocol import TaskMessage, encode_task
 from taskframe.result_meta import encode_meta
 from taskframe.routing import Router
+from taskframe.shared import SharedTask, register_shared, shared_factories
 from taskframe.task import Task
 from taskframe.timeutils import deadline_from, seconds_until, utcnow
 
@@ -56,8 +57,20 @@ class BoundTaskDecorator(Protocol):
     def __call__(self, fun: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
 
-_shared_task_factories: list[Callable[[Taskframe], Task[Any, Any]]] = []
-"""Tasks made with ``@shared_task``: registered on every app, as in Celery."""
+class SharedTaskDecorator(Protocol):
+    @overload
+    def __call__(self, fun: Callable[P, Coroutine[Any, Any, R]], /) -> SharedTask[P, R]: ...
+    @overload
+    def __call__(self, fun: Callable[P, R], /) -> SharedTask[P, R]: ...
+
+
+class SharedBoundTaskDecorator(Protocol):
+    @overload
+    def __call__(
+        self, fun: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> SharedTask[P, R]: ...
+    @overload
+    def __call__(self, fun: Callable[Concatenate[Any, P], R], /) -> SharedTask[P, R]: ...
 
 
 class Taskframe:
@@ -220,7 +233,7 @@ class Taskframe:
             "run": run,
             "bound": bind,
             "is_async": is_async,
-            "__wrapped__": fun,
+            "__wrapped__": staticmethod(fun),
             "__doc__": fun.__doc__,
             "__module__": fun.__module__,
             "__qualname__": fun.__qualname__,
@@ -252,17 +265,17 @@ class Taskframe:
 
     def finalize(self) -> None:
         """Import the configured task modules and adopt shared tasks (idempotent)."""
-        for factory in _shared_task_factories[self._shared_seen :]:
+        for factory in shared_factories[self._shared_seen :]:
             factory(self)
-        self._shared_seen = len(_shared_task_factories)
+        self._shared_seen = len(shared_factories)
         if self._finalized:
             return
         self._finalized = True
         for module_name in (*self.conf.imports, *self.conf.include):
             importlib.import_module(module_name)
-        for factory in _shared_task_factories[self._shared_seen :]:
+        for factory in shared_factories[self._shared_seen :]:
             factory(self)
-        self._shared_seen = len(_shared_task_factories)
+        self._shared_seen = len(shared_factories)
         self.on_after_configure.send(sender=self, source=self.conf)
         self.on_after_finalize.send(sender=self)
 
@@ -566,32 +579,19 @@ def _signature_dicts(value: Any) -> list[dict[str, Any]] | None:
 
 
 @overload
-def shared_task(fun: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+def shared_task(fun: Callable[P, Coroutine[Any, Any, R]], /) -> SharedTask[P, R]: ...
 @overload
-def shared_task(fun: Callable[P, R], /) -> Task[P, R]: ...
+def shared_task(fun: Callable[P, R], /) -> SharedTask[P, R]: ...
 @overload
-def shared_task(*, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+def shared_task(*, bind: Literal[True], **options: Any) -> SharedBoundTaskDecorator: ...
 @overload
-def shared_task(*, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+def shared_task(*, bind: Literal[False] = False, **options: Any) -> SharedTaskDecorator: ...
 
 
 def shared_task(*args: Any, **options: Any) -> Any:
     """A task registered on every app, for reusable libraries (Celery's ``shared_task``).
 
-    Returns the task of the current app; apps created later register it when finalized."""
-
-    def decorate(function: Callable[..., Any]) -> Task[Any, Any]:
-        def factory(app: Taskframe) -> Task[Any, Any]:
-            return app._register(function, options)
-
-        _shared_task_factories.append(factory)
-        from taskframe.context import current_app
-
-        app = current_app()
-        task = factory(app)
-        app._shared_seen = len(_shared_task_factories)
-        return task
-
+    Returns a :class:`~taskframe.shared.SharedTask` that uses the current app's task."""
     if args:
-        return decorate(args[0])
-    return decorate
+        return register_shared(args[0], options)
+    return lambda function: register_shared(function, options)
