@@ -18,7 +18,10 @@ Decisions that fit all of Redis, RabbitMQ and SQS:
   runs (SQS ``ChangeMessageVisibility``; on RabbitMQ an unacked message never times out).
 * Delayed delivery is durable in the store. ``Capabilities.max_delay`` says how far a single
   publish can defer a message (SQS: 900 s); a broker re-defers longer delays itself.
-* Priority has one meaning here: 0-9, higher runs first. Each store maps it to its own layout.
+* Priority is 0-9 and higher runs first, except where Celery itself gives the number the
+  opposite meaning on that store (Redis: lower runs first). There taskframe keeps Celery's
+  meaning, so a Celery program keeps its behaviour after switching and a mixed fleet agrees on
+  the order; ``Capabilities.lower_priority_first`` says which applies.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Capabilities:
     """What a store can do, read by the core instead of guessing."""
 
     priorities: bool = True
+    lower_priority_first: bool = False
     max_delay: float | None = None
     broadcast: bool = True
     extend_visibility: bool = True

@@ -1,0 +1,167 @@
+"""RedisBackend: Celery's Redis result backend keys and JSON, results pushed by pub/sub.
+
+See the package docstring for the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from taskframe.brokers.base import ResultBackend
+from taskframe.brokers.redis import scripts
+from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
+from taskframe.exceptions import ChordError
+
+__all__ = ["RedisBackend"]
+
+TASK_PREFIX = "celery-task-meta-"
+GROUP_PREFIX = "celery-taskset-meta-"
+
+
+def _task_id_of(part: bytes) -> str:
+    """The task id of an encoded ``[1, task_id, state, result]`` part, for Celery's ``.d``."""
+    try:
+        decoded = json.loads(part)
+    except ValueError:
+        return ""
+    if isinstance(decoded, list) and len(decoded) > 1 and isinstance(decoded[1], str):
+        return decoded[1]
+    return ""
+
+
+def _ms(expires: float | None) -> int:
+    return 0 if expires is None else max(1, int(expires * 1000))
+
+
+class RedisBackend(ResultBackend):
+    """Results a Celery client reads, and that reads a Celery worker's results."""
+
+    scheme = "redis"
+    supports_native_chords: ClassVar[bool] = True
+
+    def __init__(self, url: str, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, options=options)
+        self.target = parse_url(url)
+        self.recheck_interval = float(self.options.get("wait_recheck_interval", 10.0))
+        self.client = connect(self.target, self.options)
+        self._set_script = self.client.register_script(scripts.SET_RESULT)
+        self._chord_script = self.client.register_script(scripts.CHORD_PART)
+        self._adjust_script = self.client.register_script(scripts.CHORD_ADJUST)
+
+    def set(self, task_id: str, payload: bytes, *, expires: float | None) -> None:
+        """GET, SET (with expiry) and PUBLISH in one script; a stored SUCCESS is kept."""
+        with translate_errors(self.target):
+            self._set_script(keys=[TASK_PREFIX + task_id], args=[payload, _ms(expires)])
+
+    def get(self, task_id: str) -> bytes | None:
+        with translate_errors(self.target):
+            value: bytes | None = self.client.get(TASK_PREFIX + task_id)
+        return value
+
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        if not task_ids:
+            return []
+        with translate_errors(self.target):
+            values: list[bytes | None] = self.client.mget([TASK_PREFIX + t for t in task_ids])
+        return values
+
+    def delete(self, task_id: str) -> None:
+        with translate_errors(self.target):
+            self.client.delete(TASK_PREFIX + task_id)
+
+    def wait(
+        self,
+        task_id: str,
+        timeout: float | None,
+        is_ready: Callable[[bytes], bool],
+        interval: float = 0.01,
+    ) -> bytes | None:
+        """Subscribe to the result's channel first, then GET (a result stored in between is
+        not missed), then sleep on the subscription until a ready result is published.
+
+        After ``wait_recheck_interval`` seconds (10) of silence it GETs once more, so a
+        result published while the subscription was reconnecting is still seen."""
+        key = TASK_PREFIX + task_id
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with translate_errors(self.target):
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(key)
+                while True:
+                    payload = self.client.get(key)
+                    if payload is not None and is_ready(payload):
+                        return bytes(payload)
+                    found = self._listen(pubsub, deadline, is_ready)
+                    if found is not None:
+                        return found
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+            finally:
+                pubsub.close()
+
+    def _listen(
+        self, pubsub: Any, deadline: float | None, is_ready: Callable[[bytes], bool]
+    ) -> bytes | None:
+        """A ready payload published before the deadline or the recheck interval, else None."""
+        until = time.monotonic() + self.recheck_interval
+        if deadline is not None:
+            until = min(until, deadline)
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                return None
+            message = pubsub.get_message(timeout=remaining)
+            if message is not None and message["type"] == "message":
+                data = bytes(message["data"])
+                if is_ready(data):
+                    return data
+
+    def set_group(self, group_id: str, payload: bytes, *, expires: float | None) -> None:
+        with translate_errors(self.target):
+            self.client.set(GROUP_PREFIX + group_id, payload, px=_ms(expires) or None)
+
+    def get_group(self, group_id: str) -> bytes | None:
+        with translate_errors(self.target):
+            value: bytes | None = self.client.get(GROUP_PREFIX + group_id)
+        return value
+
+    def delete_group(self, group_id: str) -> None:
+        with translate_errors(self.target):
+            self.client.delete(GROUP_PREFIX + group_id)
+
+    def chord_start(self, group_id: str, size: int, *, expires: float | None) -> None:
+        """``DEL .c`` and ``SET .s size``, as Celery's producer does at apply time; also
+        drops any parts an earlier start of the same group counted."""
+        key = GROUP_PREFIX + group_id
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(key + ".c", key + ".j", key + ".t", key + ".d")
+            pipe.set(key + ".s", size, px=_ms(expires) or None)
+            pipe.execute()
+
+    def chord_part_done(
+        self, group_id: str, index: int, part: bytes, *, expires: float | None
+    ) -> list[bytes] | None:
+        key = GROUP_PREFIX + group_id
+        with translate_errors(self.target):
+            reply = self._chord_script(
+                keys=[key + ".j", key + ".t", key + ".s", key + ".d", key, key + ".c"],
+                args=[_task_id_of(part), index, part, _ms(expires)],
+            )
+        if reply == -1:
+            raise ChordError(f"chord {group_id} was never started (or its counter expired)")
+        return [bytes(p) for p in reply] if isinstance(reply, list) else None
+
+    def chord_adjust(self, group_id: str, delta: int) -> None:
+        key = GROUP_PREFIX + group_id
+        with translate_errors(self.target):
+            reply = self._adjust_script(keys=[key + ".s", key + ".t"], args=[delta])
+        if reply == -1:
+            raise ChordError(f"chord {group_id} was never started (or its counter expired)")
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()

@@ -1,0 +1,470 @@
+"""RedisBroker: kombu's Redis layout, with durable delays, one-round-trip receives and a DLQ.
+
+See the package docstring for URLs, options and keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextlib import suppress
+from typing import Any, ClassVar
+
+import redis
+from redis.client import PubSub
+from redis.exceptions import LockError
+
+from taskframe.brokers.base import Broker, Capabilities, DeadLetter, Delivery, Message, Subscription
+from taskframe.brokers.redis import envelope as kombu
+from taskframe.brokers.redis import scripts
+from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
+
+__all__ = ["RedisBroker", "RedisDelivery"]
+
+log = logging.getLogger(__name__)
+
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+UNACKED_MUTEX = "unacked_mutex"
+DELAYED = "taskframe.delayed"
+DELAYED_COUNTS = "taskframe.delayed.count"
+UNKNOWN_CONTENT_TYPE = "application/x-unknown"
+PROMOTE_LIMIT = 100
+
+
+def dead_letter_key(queue: str) -> str:
+    return f"{queue}.dlq"
+
+
+class RedisDelivery(Delivery):
+    """A popped message; ``tag`` is its kombu delivery tag (None: not a kombu envelope)."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        message: Message,
+        queue: str,
+        *,
+        tag: str | None,
+        envelope: dict[str, Any] | None,
+        raw: bytes,
+        redelivered: bool = False,
+    ) -> None:
+        super().__init__(message, queue, redelivered=redelivered)
+        self.broker = broker
+        self.tag = tag
+        self.envelope = envelope
+        self.raw = raw
+
+    def _ack(self) -> None:
+        self.broker._remove_unacked([self])
+
+    def _reject(self, requeue: bool) -> None:
+        if requeue:
+            self.broker._requeue(self)
+        else:
+            self.broker._remove_unacked([self])
+
+    def extend(self, seconds: float) -> None:
+        if not self.settled:
+            self.broker._extend(self, seconds)
+
+
+class RedisSubscription(Subscription):
+    """Pattern subscriptions on kombu's fanout channels ``/{db}.<channel>``."""
+
+    def __init__(self, broker: RedisBroker, pubsub: PubSub) -> None:
+        self.broker = broker
+        self.pubsub = pubsub
+
+    def get(self, timeout: float) -> tuple[str, bytes] | None:
+        deadline = time.monotonic() + timeout
+        with translate_errors(self.broker.target):
+            while True:
+                remaining = max(0.0, deadline - time.monotonic())
+                message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+                if message is not None and message["type"] in ("message", "pmessage"):
+                    channel = message["channel"].decode("utf-8")
+                    prefix = self.broker.fanout_prefix
+                    return channel[len(prefix) :] if channel.startswith(prefix) else channel, bytes(
+                        message["data"]
+                    )
+                if time.monotonic() >= deadline:
+                    return None
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+class RedisBroker(Broker):
+    """Redis broker, wire-compatible with kombu/Celery on the same database."""
+
+    scheme = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        priorities=True,
+        lower_priority_first=True,
+        max_delay=None,
+        broadcast=True,
+        extend_visibility=True,
+        shared_rate_limits=True,
+    )
+
+    def __init__(self, url: str, *, transport_options: dict[str, Any] | None = None) -> None:
+        super().__init__(url, transport_options=transport_options)
+        options = self.transport_options
+        self.target = parse_url(url)
+        self.visibility_timeout = float(options.get("visibility_timeout", 3600))
+        self.restore_interval = float(
+            options.get("restore_interval", min(60.0, self.visibility_timeout / 2))
+        )
+        self.restore_batch = int(options.get("restore_batch", 100))
+        self.mutex_expire = float(options.get("unacked_mutex_expire", 300))
+        self.promote_interval = float(options.get("promote_interval", 1.0))
+        prefix = options.get("fanout_prefix", True)
+        self.fanout_prefix = (
+            prefix if isinstance(prefix, str) else f"/{self.target.db}." if prefix else ""
+        )
+        self.client = connect(self.target, options)
+        self._receive_script = self.client.register_script(scripts.RECEIVE)
+        self._promote_script = self.client.register_script(scripts.PROMOTE)
+        self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
+        self._restore_script = self.client.register_script(scripts.RESTORE)
+        self._replay_script = self.client.register_script(scripts.REPLAY)
+        self._rate_script = self.client.register_script(scripts.RATE_TOKEN)
+        self._declared: set[str] = set()
+        self._rotation = 0
+        self._next_sweep = 0.0
+        self._next_promote = 0.0
+
+    # publishing
+
+    def publish(
+        self, queue: str, message: Message, *, delay: float = 0.0, priority: int | None = None
+    ) -> None:
+        self.publish_many([(queue, message, delay, priority)])
+
+    def publish_many(self, items: Iterable[tuple[str, Message, float, int | None]]) -> None:
+        """All items in one pipelined round trip (plus a due-message promotion now and then)."""
+        now = time.time()
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=False)
+            for queue, message, delay, priority in items:
+                self._declare(pipe, queue)
+                number, envelope = kombu.encode(queue, message, priority)
+                data = json.dumps(envelope)
+                key = kombu.list_key(queue, number)
+                if delay > 0:
+                    member = json.dumps([queue, key, data])
+                    pipe.zadd(DELAYED, {member: now + delay})
+                    pipe.hincrby(DELAYED_COUNTS, queue, 1)
+                else:
+                    pipe.lpush(key, data)
+            if time.monotonic() >= self._next_promote:
+                self._next_promote = time.monotonic() + self.promote_interval
+                self._promote_script(
+                    keys=[DELAYED, DELAYED_COUNTS], args=[now, PROMOTE_LIMIT], client=pipe
+                )
+            pipe.execute()
+
+    def _declare(self, pipe: redis.client.Pipeline[bytes], queue: str) -> None:
+        """Write the binding Celery writes, so kombu producers and workers see the queue."""
+        if queue not in self._declared:
+            key, member = kombu.binding(queue)
+            pipe.sadd(key, member)
+            pipe.sadd(f"_kombu.binding_permanent.{queue}", member)
+            self._declared.add(queue)
+
+    # consuming
+
+    def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
+        """One Lua call pops and records up to ``max_messages``; when nothing is ready, one
+        BRPOP waits (no longer than the next delayed message's due time)."""
+        if max_messages <= 0 or not queues:
+            return []
+        if time.monotonic() >= self._next_sweep:
+            self.restore_visible()
+        deadline = time.monotonic() + timeout
+        order = self._rotate(queues)
+        keys = [
+            key for step in kombu.PRIORITY_STEPS for key in (kombu.list_key(q, step) for q in order)
+        ]
+        names = [q for _step in kombu.PRIORITY_STEPS for q in order]
+        with translate_errors(self.target):
+            while True:
+                next_due, deliveries = self._pop(keys, names, max_messages, None)
+                if deliveries:
+                    return deliveries
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if next_due is not None:
+                    remaining = min(remaining, max(next_due - time.time(), 0.001))
+                popped = self.client.brpop(keys, timeout=remaining)
+                if popped is not None:
+                    number = keys.index(popped[0].decode("utf-8")) + 1
+                    return self._pop(keys, names, max_messages, (number, popped[1]))[1]
+
+    def _rotate(self, queues: Sequence[str]) -> list[str]:
+        """Queues in round-robin order, so one busy queue cannot starve the others."""
+        start = self._rotation % len(queues)
+        self._rotation += 1
+        return [*queues[start:], *queues[:start]]
+
+    def _pop(
+        self,
+        keys: list[str],
+        names: list[str],
+        wanted: int,
+        preloaded: tuple[int, bytes] | None,
+    ) -> tuple[float | None, list[Delivery]]:
+        """Run the receive script. A message BRPOP popped is recorded by this same call; a
+        process that dies between the two loses it, the same window kombu has."""
+        number, item = preloaded if preloaded is not None else (0, b"")
+        reply = self._receive_script(
+            keys=[UNACKED, UNACKED_INDEX, DELAYED, DELAYED_COUNTS, *keys],
+            args=[time.time(), wanted, PROMOTE_LIMIT, number, item, *names],
+        )
+        next_due = float(reply[0]) if reply[0] else None
+        deliveries: list[Delivery] = []
+        for index in range(1, len(reply), 3):
+            tag, number, raw = reply[index].decode("utf-8"), int(reply[index + 1]), reply[index + 2]
+            deliveries.append(self._delivery(names[number - 1], tag or None, raw))
+        return next_due, deliveries
+
+    def _delivery(self, queue: str, tag: str | None, raw: bytes) -> RedisDelivery:
+        """A delivery; an entry that is not a kombu envelope comes back with its raw bytes as
+        the body and content type ``application/x-unknown``, for the worker to dead-letter."""
+        try:
+            message, envelope = kombu.decode(raw)
+        except ValueError:
+            message = Message(
+                body=raw, content_type=UNKNOWN_CONTENT_TYPE, content_encoding="binary"
+            )
+            return RedisDelivery(self, message, queue, tag=tag, envelope=None, raw=raw)
+        info = envelope["properties"].get("delivery_info")
+        redelivered = bool(message.headers.get("redelivered")) or (
+            isinstance(info, dict) and bool(info.get("redelivered"))
+        )
+        return RedisDelivery(
+            self, message, queue, tag=tag, envelope=envelope, raw=raw, redelivered=redelivered
+        )
+
+    # settling
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """One MULTI for the whole batch."""
+        pending = [d for d in deliveries if isinstance(d, RedisDelivery) and not d.settled]
+        for delivery in pending:
+            delivery.settled = True
+        self._remove_unacked(pending)
+        for other in deliveries:
+            if not isinstance(other, RedisDelivery):
+                other.ack()
+
+    def _remove_unacked(self, deliveries: Sequence[RedisDelivery]) -> None:
+        tags = [d.tag for d in deliveries if d.tag]
+        if not tags:
+            return
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.zrem(UNACKED_INDEX, *tags)
+            pipe.hdel(UNACKED, *tags)
+            pipe.execute()
+
+    def _requeue(self, delivery: RedisDelivery) -> None:
+        """Back to the far end of its list (LPUSH, as kombu), flagged redelivered."""
+        if delivery.envelope is None:
+            key, value = delivery.queue, delivery.raw
+        else:
+            restored = kombu.mark_redelivered(delivery.envelope)
+            key = kombu.list_key(
+                delivery.queue, kombu.clamp_priority(restored["properties"].get("priority"))
+            )
+            value = json.dumps(restored).encode("utf-8")
+        with translate_errors(self.target):
+            self._move_script(
+                keys=[UNACKED, UNACKED_INDEX, key], args=[delivery.tag or "", value, "left"]
+            )
+
+    def _extend(self, delivery: RedisDelivery, seconds: float) -> None:
+        """Move the unacked_index score so that every sweep (ours and kombu's) sees the
+        message as delivered ``seconds`` from now minus the visibility timeout; never earlier."""
+        if delivery.tag is None:
+            return
+        score = time.time() + seconds - self.visibility_timeout
+        with translate_errors(self.target):
+            self.client.zadd(UNACKED_INDEX, {delivery.tag: score}, xx=True, gt=True)
+
+    def restore_visible(self) -> int:
+        """Put unacked messages older than the visibility timeout back on their queues.
+
+        Takes kombu's ``unacked_mutex`` the way kombu does, so a Celery worker's sweep and
+        this one never run at once; each message moves in one compare-and-swap script."""
+        self._next_sweep = time.monotonic() + self.restore_interval
+        restored = 0
+        with translate_errors(self.target):
+            lock = self.client.lock(UNACKED_MUTEX, timeout=self.mutex_expire)
+            if not lock.acquire(blocking=False):
+                return 0
+            try:
+                ceiling = time.time() - self.visibility_timeout
+                tags = self.client.zrangebyscore(
+                    UNACKED_INDEX, "-inf", ceiling, start=0, num=self.restore_batch
+                )
+                values = self.client.hmget(UNACKED, tags) if tags else []
+                for tag, value in zip(tags, values, strict=True):
+                    restored += self._restore_one(tag, value)
+            finally:
+                with suppress(LockError):
+                    lock.release()
+        return restored
+
+    def _restore_one(self, tag: bytes, value: bytes | None) -> int:
+        if value is None:
+            self.client.zrem(UNACKED_INDEX, tag)
+            return 0
+        try:
+            envelope, exchange, routing_key = json.loads(value)
+            restored = kombu.mark_redelivered(envelope)
+            number = kombu.clamp_priority(restored["properties"].get("priority"))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.error("dropping unreadable unacked entry %r: %r", tag, value[:200])
+            self.client.pipeline().zrem(UNACKED_INDEX, tag).hdel(UNACKED, tag).execute()
+            return 0
+        keys = [kombu.list_key(q, number) for q in self._lookup(str(exchange), str(routing_key))]
+        result = self._restore_script(
+            keys=[UNACKED, UNACKED_INDEX, *keys], args=[tag, value, json.dumps(restored)]
+        )
+        return int(result)
+
+    def _lookup(self, exchange: str, routing_key: str) -> list[str]:
+        """The queues a message sent to ``exchange`` with ``routing_key`` reaches (direct
+        routing through kombu's binding set; the routing key itself for exchange "")."""
+        if not exchange:
+            return [routing_key]
+        members = self.client.smembers(f"_kombu.binding.{exchange}")
+        queues = []
+        for member in members:
+            key, _pattern, queue = member.decode("utf-8").split(kombu.SEP, 2)
+            if key == routing_key:
+                queues.append(queue)
+        return queues or [routing_key]
+
+    # dead letters
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if delivery.settled or not isinstance(delivery, RedisDelivery):
+            return
+        delivery.settled = True
+        envelope = delivery.envelope
+        if envelope is None:
+            envelope = kombu.encode(delivery.queue, delivery.message, 0)[1]
+        record = {
+            "id": uuid.uuid4().hex,
+            "reason": reason,
+            "failed_at": time.time(),
+            "envelope": envelope,
+        }
+        with translate_errors(self.target):
+            self._move_script(
+                keys=[UNACKED, UNACKED_INDEX, dead_letter_key(delivery.queue)],
+                args=[delivery.tag or "", json.dumps(record), "right"],
+            )
+
+    def _dead_letter_records(self, queue: str, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
+        with translate_errors(self.target):
+            raws = self.client.lrange(dead_letter_key(queue), 0, limit - 1 if limit > 0 else -1)
+        records = []
+        for raw in raws:
+            try:
+                records.append((raw, json.loads(raw)))
+            except ValueError:
+                log.error(
+                    "unreadable dead-letter record in %s: %r", dead_letter_key(queue), raw[:200]
+                )
+        return records
+
+    def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        letters = []
+        for _raw, record in self._dead_letter_records(queue, limit):
+            message = kombu.decode(json.dumps(record["envelope"]).encode("utf-8"))[0]
+            letters.append(
+                DeadLetter(
+                    record["id"], queue, record["reason"], message, float(record["failed_at"])
+                )
+            )
+        return letters
+
+    def replay_dead_letters(self, queue: str, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+        args: list[Any] = []
+        for raw, record in self._dead_letter_records(queue, 0):
+            if wanted is not None and record.get("id") not in wanted:
+                continue
+            message = kombu.decode(json.dumps(record["envelope"]).encode("utf-8"))[0]
+            number, envelope = kombu.encode(queue, message, None)
+            args += [raw, kombu.list_key(queue, number), json.dumps(envelope)]
+        if not args:
+            return 0
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=False)
+            self._declare(pipe, queue)
+            pipe.execute()
+            return int(self._replay_script(keys=[dead_letter_key(queue)], args=args))
+
+    def purge_dead_letters(self, queue: str) -> int:
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.llen(dead_letter_key(queue))
+            pipe.delete(dead_letter_key(queue))
+            return int(pipe.execute()[0])
+
+    # queue management
+
+    def purge(self, queue: str) -> int:
+        keys = kombu.list_keys(queue)
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=True)
+            for key in keys:
+                pipe.llen(key)
+            pipe.delete(*keys)
+            return sum(int(n) for n in pipe.execute()[: len(keys)])
+
+    def size(self, queue: str) -> int:
+        with translate_errors(self.target):
+            pipe = self.client.pipeline(transaction=False)
+            for key in kombu.list_keys(queue):
+                pipe.llen(key)
+            pipe.hget(DELAYED_COUNTS, queue)
+            *ready, delayed = pipe.execute()
+        return sum(int(n) for n in ready) + int(delayed or 0)
+
+    # fan-out, rate limits, lifecycle
+
+    def broadcast(self, channel: str, payload: bytes) -> None:
+        with translate_errors(self.target):
+            self.client.publish(self.fanout_prefix + channel, payload)
+
+    def subscribe(self, channels: Sequence[str]) -> Subscription:
+        """PSUBSCRIBE like kombu (``#`` in a channel becomes ``*``)."""
+        patterns = [self.fanout_prefix + channel.replace("#", "*") for channel in channels]
+        with translate_errors(self.target):
+            pubsub = self.client.pubsub()
+            pubsub.psubscribe(*patterns)
+        return RedisSubscription(self, pubsub)
+
+    def acquire_rate_token(self, key: str, rate: float, capacity: float) -> float:
+        with translate_errors(self.target):
+            wait = self._rate_script(keys=[f"taskframe.rate.{key}"], args=[rate, capacity])
+        return float(wait)
+
+    def ensure_connection(self) -> None:
+        with translate_errors(self.target):
+            self.client.ping()
+
+    def close(self) -> None:
+        self.client.close()
+        self.client.connection_pool.disconnect()
