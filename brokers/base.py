@@ -193,7 +193,9 @@ class Broker(ABC):
 
     @abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        """Settle ``delivery`` by parking its message in the queue's dead-letter store."""
+        """Park the message in the queue's dead-letter store, settling the delivery if it is
+        not settled yet. An already acked delivery (early ack) is parked too: its message is
+        still in hand."""
 
     @abstractmethod
     def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]: ...

@@ -356,8 +356,9 @@ class RedisBroker(Broker):
     # dead letters
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        if delivery.settled or not isinstance(delivery, RedisDelivery):
-            return
+        if not isinstance(delivery, RedisDelivery):
+            raise TypeError(f"not a Redis delivery: {delivery!r}")
+        tag = "" if delivery.settled else (delivery.tag or "")
         delivery.settled = True
         envelope = delivery.envelope
         if envelope is None:
@@ -371,7 +372,7 @@ class RedisBroker(Broker):
         with translate_errors(self.target):
             self._move_script(
                 keys=[UNACKED, UNACKED_INDEX, dead_letter_key(delivery.queue)],
-                args=[delivery.tag or "", json.dumps(record), "right"],
+                args=[tag, json.dumps(record), "right"],
             )
 
     def _dead_letter_records(self, queue: str, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
