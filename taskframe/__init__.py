@@ -12,9 +12,11 @@ Switch from Celery by changing ``celery`` to ``taskframe`` in import lines::
 
 from taskframe import states
 from taskframe.app import Celery, Taskframe, shared_task
+from taskframe.canvas import chain, chord, chunks, group, xmap, xstarmap
 from taskframe.canvas.signature import Signature, maybe_signature, signature
 from taskframe.context import current_app
 from taskframe.result import AsyncResult, GroupResult
+from taskframe.schedules import crontab, schedule
 from taskframe.task import Task
 
 __version__ = "0.1.0"
@@ -26,9 +28,17 @@ __all__ = [
     "Signature",
     "Task",
     "Taskframe",
+    "chain",
+    "chord",
+    "chunks",
+    "crontab",
     "current_app",
+    "group",
     "maybe_signature",
+    "schedule",
     "shared_task",
     "signature",
     "states",
+    "xmap",
+    "xstarmap",
 ]

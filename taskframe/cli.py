@@ -110,5 +110,9 @@ def _register_subcommands() -> None:
 
     main.add_command(worker)
 
+    from taskframe.beat.cli import beat
+
+    main.add_command(beat)
+
 
 _register_subcommands()

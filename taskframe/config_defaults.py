@@ -253,6 +253,10 @@ DEFAULTS: dict[str, Any] = {
 TASKFRAME_DEFAULTS: dict[str, Any] = {
     # Seconds a warm shutdown waits for running tasks before it cancels them.
     "worker_shutdown_timeout": 30.0,
+    # What beat does with runs missed while no beat was up: "once" fires the latest, "skip" none.
+    "beat_missed_policy": "once",
+    # Seconds a beat's lease lasts; another beat takes over within about this after a crash.
+    "beat_lease_ttl": 30.0,
 }
 
 #: The settings taskframe reads. Any other known name is accepted and has no effect.
