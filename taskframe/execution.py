@@ -6,6 +6,17 @@ and returns an :class:`Outcome` that tells the caller how to settle the message.
 are sent before the state is stored, as Celery does, so the stored result lists its children.
 ``execute_async()`` is the same for the asyncio pool, awaiting ``async def`` tasks on the
 running loop.
+
+Time limits on the asyncio pool are cancellations with a reason: the pool cancels the
+asyncio task running ``execute_async`` with :data:`SOFT_LIMIT_CANCEL` or
+:data:`HARD_LIMIT_CANCEL`. A soft cancel is turned back, at the coroutine's own ``await``, into
+:class:`SoftTimeLimitExceeded` thrown into the task, which may catch it and clean up (the
+asyncio task is ``uncancel``-ed, so the coroutine goes on normally). A hard cancel reaches the
+task as ``CancelledError`` (for ``finally`` blocks) and fails it with ``TimeLimitExceeded``.
+
+A message whose ``expires`` has passed is not run: it is stored as REVOKED (reason
+``expired``), as Celery does. Every run is wrapped in :func:`task_log_context`, so log records
+carry the task's name and id.
 """
 
 from __future__ import annotations
@@ -15,21 +26,42 @@ import inspect
 import logging
 import time
 import traceback as traceback_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskframe import signals, states
 from taskframe.context import Context, request_context
-from taskframe.exceptions import Ignore, NotRegistered, Reject, Retry, TaskRevokedError
+from taskframe.exceptions import (
+    Ignore,
+    NotRegistered,
+    Reject,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
 from taskframe.protocol import TaskMessage
 from taskframe.timeutils import utcnow
+from taskframe.utils.log import task_log_context
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
     from taskframe.task import Task
 
-__all__ = ["ACK", "DEAD_LETTER", "REQUEUE", "Outcome", "execute", "execute_async"]
+__all__ = [
+    "ACK",
+    "DEAD_LETTER",
+    "HARD_LIMIT_CANCEL",
+    "REQUEUE",
+    "SOFT_LIMIT_CANCEL",
+    "Outcome",
+    "execute",
+    "execute_async",
+    "expired",
+    "fail_unfinished",
+    "revoked_outcome",
+]
 
 logger = logging.getLogger("taskframe.worker")
 
@@ -37,6 +69,8 @@ ACK = "ack"
 REQUEUE = "requeue"
 DEAD_LETTER = "dead_letter"
 IGNORED = "IGNORED"
+SOFT_LIMIT_CANCEL = "taskframe: soft time limit"
+HARD_LIMIT_CANCEL = "taskframe: hard time limit"
 
 
 @dataclass
@@ -107,29 +141,39 @@ class _Run:
             sender=None, name=self.message.task, id=self.message.id, message=self.message, exc=exc
         )
         return Outcome(
-            self.message.id, self.message.task, states.FAILURE, 0.0,
-            settle=DEAD_LETTER, reason=f"unknown task: {exc}", exception=exc,
+            self.message.id,
+            self.message.task,
+            states.FAILURE,
+            0.0,
+            settle=DEAD_LETTER,
+            reason=f"unknown task: {exc}",
+            exception=exc,
         )
 
     def begin(self, task: Task[Any, Any]) -> None:
         if signals.task_prerun.has_receivers():
             signals.task_prerun.send(
-                sender=task, task_id=self.message.id, task=task,
-                args=self.message.args, kwargs=self.message.kwargs,
+                sender=task,
+                task_id=self.message.id,
+                task=task,
+                args=self.message.args,
+                kwargs=self.message.kwargs,
             )
         track = task.track_started
         if track is None:
             track = bool(self.app.conf.task_track_started)
         if track and not self.request.is_eager:
             self.app.store_result(
-                self.message.id, states.STARTED, {"pid": _pid(), "hostname": self.request.hostname},
+                self.message.id,
+                states.STARTED,
+                {"pid": _pid(), "hostname": self.request.hostname},
                 request=self.request,
             )
         task.before_start(self.message.id, self.message.args, self.message.kwargs)
 
     def handle(self, task: Task[Any, Any], retval: Any, error: BaseException | None) -> Outcome:
         """Turn the task's return value or exception into stored state and follow-ups."""
-        if error is not None and not isinstance(error, (Retry, Ignore, Reject)):
+        if error is not None and not isinstance(error, (Retry, Ignore, Reject, TaskRevokedError)):
             error = self._maybe_autoretry(task, error)
         try:
             if error is None:
@@ -138,16 +182,28 @@ class _Run:
                 return self._retry(task, error)
             if isinstance(error, Ignore):
                 return self._finish(task, IGNORED, None, None, ACK, None)
+            if isinstance(error, TaskRevokedError):
+                self.app.store_result(self.message.id, states.REVOKED, error, request=None)
+                signals.task_revoked.send(
+                    sender=task, request=self.message, terminated=True, signum=None,
+                    expired=False,
+                )
+                return self._finish(task, states.REVOKED, error, None, ACK, "terminated")
             if isinstance(error, Reject):
                 signals.task_rejected.send(sender=task, message=self.message, exc=error)
                 settle = REQUEUE if error.requeue else DEAD_LETTER
-                return self._finish(task, states.REJECTED, error, None, settle, f"rejected: {error.reason}")
+                return self._finish(
+                    task, states.REJECTED, error, None, settle, f"rejected: {error.reason}"
+                )
             return self._failure(task, error)
         finally:
             if signals.task_postrun.has_receivers():
                 signals.task_postrun.send(
-                    sender=task, task_id=self.message.id, task=task,
-                    args=self.message.args, kwargs=self.message.kwargs,
+                    sender=task,
+                    task_id=self.message.id,
+                    task=task,
+                    args=self.message.args,
+                    kwargs=self.message.kwargs,
                     retval=retval if error is None else error,
                     state=states.SUCCESS if error is None else states.FAILURE,
                 )
@@ -193,13 +249,20 @@ class _Run:
             children = [[[child.id, None], None]]
         if not self._ignore_result(task):
             self.app.store_result(
-                self.message.id, states.RETRY, retry.exc, traceback=trace,
-                request=self.request, children=children,
+                self.message.id,
+                states.RETRY,
+                retry.exc,
+                traceback=trace,
+                request=self.request,
+                children=children,
             )
         task.on_retry(reason, self.message.id, self.message.args, self.message.kwargs, trace)
         signals.task_retry.send(sender=task, request=self.request, reason=reason, einfo=trace)
         logger.info(
-            "Task %s[%s] retry: %s", self.message.task, self.message.id, retry,
+            "Task %s[%s] retry: %s",
+            self.message.task,
+            self.message.id,
+            retry,
             extra={"task_name": self.message.task, "task_id": self.message.id},
         )
         return self._finish(task, states.RETRY, retry, None, ACK, None, trace)
@@ -216,11 +279,19 @@ class _Run:
         on_chord_part(self.app, self.request, states.FAILURE, error)
         task.on_failure(error, self.message.id, self.message.args, self.message.kwargs, trace)
         signals.task_failure.send(
-            sender=task, task_id=self.message.id, exception=error,
-            args=self.message.args, kwargs=self.message.kwargs, traceback=trace, einfo=trace,
+            sender=task,
+            task_id=self.message.id,
+            exception=error,
+            args=self.message.args,
+            kwargs=self.message.kwargs,
+            traceback=trace,
+            einfo=trace,
         )
         logger.error(
-            "Task %s[%s] raised unexpected: %r", self.message.task, self.message.id, error,
+            "Task %s[%s] raised unexpected: %r",
+            self.message.task,
+            self.message.id,
+            error,
             extra={"task_name": self.message.task, "task_id": self.message.id},
         )
         settle, reason = ACK, None
@@ -240,12 +311,23 @@ class _Run:
     ) -> Outcome:
         runtime = time.monotonic() - self.started
         task.after_return(
-            state, retval if error is None else error, self.message.id,
-            self.message.args, self.message.kwargs, trace,
+            state,
+            retval if error is None else error,
+            self.message.id,
+            self.message.args,
+            self.message.kwargs,
+            trace,
         )
         return Outcome(
-            self.message.id, self.message.task, state, runtime,
-            settle=settle, reason=reason, retval=retval, exception=error, traceback=trace,
+            self.message.id,
+            self.message.task,
+            state,
+            runtime,
+            settle=settle,
+            reason=reason,
+            retval=retval,
+            exception=error,
+            traceback=trace,
         )
 
     def _ignore_result(self, task: Task[Any, Any]) -> bool:
@@ -268,14 +350,48 @@ def _format_traceback(error: BaseException) -> str:
     return "".join(traceback_module.format_exception(type(error), error, error.__traceback__))
 
 
-def revoked_outcome(app: Taskframe, message: TaskMessage, reason: str) -> Outcome:
-    """Store REVOKED for a task that will not run (revoked or expired), as Celery does."""
+def revoked_outcome(
+    app: Taskframe,
+    message: TaskMessage,
+    reason: str,
+    *,
+    terminated: bool = False,
+    signum: int | None = None,
+) -> Outcome:
+    """Store REVOKED for a task that will not run (revoked, expired) or was terminated."""
     error = TaskRevokedError(reason)
     app.store_result(message.id, states.REVOKED, error, request=None)
     signals.task_revoked.send(
-        sender=None, request=message, terminated=False, signum=None, expired=reason == "expired"
+        sender=app.tasks.get(message.task), request=message, terminated=terminated,
+        signum=signum, expired=reason == "expired",
+    )
+    logger.info(
+        "Discarding %s %s[%s]", reason, message.task, message.id,
+        extra={"task_name": message.task, "task_id": message.id},
     )
     return Outcome(message.id, message.task, states.REVOKED, 0.0, exception=error, reason=reason)
+
+
+def fail_unfinished(
+    app: Taskframe,
+    message: TaskMessage,
+    error: BaseException,
+    *,
+    hostname: str | None = None,
+    delivery_info: dict[str, Any] | None = None,
+) -> Outcome:
+    """Store the failure of a run that could not finish (its process died or was killed at
+    the hard time limit): state, errbacks, chord part, hooks and signals, as for a raise."""
+    request = build_request(
+        message, hostname=hostname, delivery_info=delivery_info, is_eager=False
+    )
+    run = _Run(app, message, request)
+    try:
+        task = app.get_task(message.task)
+    except NotRegistered as exc:
+        return run.unknown(exc)
+    with request_context(request), task_log_context(message.task, message.id):
+        return run._failure(task, error)
 
 
 def execute(
@@ -287,6 +403,8 @@ def execute(
     is_eager: bool = False,
 ) -> Outcome:
     """Run one task call to completion in this thread."""
+    if not is_eager and expired(message):
+        return revoked_outcome(app, message, "expired")
     request = build_request(
         message, hostname=hostname, delivery_info=delivery_info, is_eager=is_eager
     )
@@ -295,7 +413,7 @@ def execute(
         task = app.get_task(message.task)
     except NotRegistered as exc:
         return run.unknown(exc)
-    with request_context(request):
+    with request_context(request), task_log_context(message.task, message.id):
         retval: Any = None
         error: BaseException | None = None
         try:
@@ -318,19 +436,21 @@ async def execute_async(
 ) -> Outcome:
     """Run one task call on the running event loop; sync tasks run through ``run_sync``
     (a thread), so they never block the loop."""
+    if expired(message):
+        return revoked_outcome(app, message, "expired")
     request = build_request(message, hostname=hostname, delivery_info=delivery_info, is_eager=False)
     run = _Run(app, message, request)
     try:
         task = app.get_task(message.task)
     except NotRegistered as exc:
         return run.unknown(exc)
-    with request_context(request):
+    with request_context(request), task_log_context(message.task, message.id):
         retval: Any = None
         error: BaseException | None = None
         try:
             run.begin(task)
             if task.is_async:
-                retval = await task(*message.args, **message.kwargs)
+                retval = await _Interruptible(task(*message.args, **message.kwargs))
             elif run_sync is not None:
                 import contextvars
 
@@ -340,9 +460,51 @@ async def execute_async(
                 )
             else:
                 retval = task(*message.args, **message.kwargs)
+        except asyncio.CancelledError as cancelled:
+            if cancelled.args[:1] != (HARD_LIMIT_CANCEL,):
+                raise
+            _uncancel()
+            limit = message.timelimit[0]
+            error = TimeLimitExceeded(f"TimeLimitExceeded({limit})")
         except Exception as exc:
             error = exc
         return run.handle(task, retval, error)
+
+
+class _Interruptible:
+    """Awaits a coroutine step by step, so a soft-limit cancel of the asyncio task can be
+    thrown into that coroutine as :class:`SoftTimeLimitExceeded` instead."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        self.coroutine = coroutine
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                if thrown is not None:
+                    step = self.coroutine.throw(thrown)
+                else:
+                    step = self.coroutine.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                sent, thrown = (yield step), None
+            except asyncio.CancelledError as cancelled:
+                sent, thrown = None, cancelled
+                if cancelled.args[:1] == (SOFT_LIMIT_CANCEL,):
+                    _uncancel()
+                    thrown = SoftTimeLimitExceeded("SoftTimeLimitExceeded()")
+            except BaseException as other:
+                sent, thrown = None, other
+
+
+def _uncancel() -> None:
+    """Undo the pool's cancel request (Python 3.11+ counts them; 3.10 needs nothing)."""
+    uncancel = getattr(asyncio.current_task(), "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -3,6 +3,11 @@
 ``task_routes`` may be a dict (task name or glob pattern -> options), a router function
 ``(name, args, kwargs, options, task=None, **kw) -> dict | str | None``, or a list of those,
 tried in order; the first answer wins. A string answer is a queue name.
+
+Order: an explicit ``queue``, then an explicit ``routing_key``, then the routes, then the
+task's own ``queue`` and ``routing_key``, then ``task_default_queue``. A routing key without a
+queue names the queue, because Celery publishes to the default exchange, where the routing key
+is the queue's name.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ class Router:
         """Routing options (at least ``queue``) for one call; explicit options win."""
         if options.get("queue"):
             return {"queue": options["queue"]}
+        if options.get("routing_key"):
+            return {"queue": options["routing_key"]}
         for route in self._routes:
             answer = route(name, args, kwargs, options, task=task)
             if answer:
                 return {"queue": answer} if isinstance(answer, str) else dict(answer)
-        task_queue = getattr(task, "queue", None)
+        task_queue = getattr(task, "queue", None) or getattr(task, "routing_key", None)
         return {"queue": task_queue or self.default_queue}
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
@@ -18,6 +18,7 @@ from taskframe.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
+    from taskframe.canvas import maps
     from taskframe.canvas.signature import Signature
     from taskframe.result import AsyncResult, EagerResult
 
@@ -192,6 +193,32 @@ class Task(Generic[P, R]):
         )
 
     subtask = signature
+
+    def map(self, it: Iterable[Any]) -> maps.xmap:
+        """One message that calls this task on every item: ``[task(item) for item in it]``."""
+        from taskframe.canvas.maps import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Sequence[Any]]) -> maps.xstarmap:
+        """One message that calls ``task(*item)`` for every item."""
+        from taskframe.canvas.maps import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Sequence[Any]], n: int) -> maps.chunks:
+        """The items in parts of ``n``, one starmap message per part (a group)."""
+        from taskframe.canvas.maps import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
+
+    def replace(self, sig: Signature) -> Any:
+        """Replace this running task by ``sig``, which inherits its id, callbacks, chain and
+        chord membership (Celery's ``Task.replace``). In a worker it raises :class:`Ignore`;
+        eagerly it returns the replacement's value: ``return self.replace(sig)``."""
+        from taskframe.canvas.replace import replace_task
+
+        return replace_task(self, sig)
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         from taskframe.result import AsyncResult

@@ -21,6 +21,7 @@ from taskframe.brokers.base import Broker, Capabilities, DeadLetter, Delivery, M
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
 from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
+from taskframe.exceptions import BrokerConnectionError
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -123,6 +124,7 @@ class RedisBroker(Broker):
         self.restore_batch = int(options.get("restore_batch", 100))
         self.mutex_expire = float(options.get("unacked_mutex_expire", 300))
         self.promote_interval = float(options.get("promote_interval", 1.0))
+        self.durable_delays = bool(options.get("durable_delays", True))
         prefix = options.get("fanout_prefix", True)
         self.fanout_prefix = (
             prefix if isinstance(prefix, str) else f"/{self.target.db}." if prefix else ""
@@ -138,6 +140,8 @@ class RedisBroker(Broker):
         self._rotation = 0
         self._next_sweep = 0.0
         self._next_promote = 0.0
+        self._unsent_acks: list[str] = []
+        self._orphan: tuple[str, bytes] | None = None
 
     # publishing
 
@@ -156,7 +160,7 @@ class RedisBroker(Broker):
                 number, envelope = kombu.encode(queue, message, priority)
                 data = json.dumps(envelope)
                 key = kombu.list_key(queue, number)
-                if delay > 0:
+                if delay > 0 and self.durable_delays:
                     member = json.dumps([queue, key, data])
                     pipe.zadd(DELAYED, {member: now + delay})
                     pipe.hincrby(DELAYED_COUNTS, queue, 1)
@@ -179,11 +183,29 @@ class RedisBroker(Broker):
 
     # consuming
 
+    def promote_due(self) -> int:
+        """Move every due delayed message to its list now; returns how many moved.
+
+        Every receive and (each ``promote_interval``) publish does this already; call it
+        where only Celery workers consume, so no taskframe process receives."""
+        moved = 0
+        with translate_errors(self.target):
+            while True:
+                count = int(
+                    self._promote_script(
+                        keys=[DELAYED, DELAYED_COUNTS], args=[time.time(), PROMOTE_LIMIT]
+                    )
+                )
+                moved += count
+                if count < PROMOTE_LIMIT:
+                    return moved
+
     def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         """One Lua call pops and records up to ``max_messages``; when nothing is ready, one
         BRPOP waits (no longer than the next delayed message's due time)."""
         if max_messages <= 0 or not queues:
             return []
+        self._recover()
         if time.monotonic() >= self._next_sweep:
             self.restore_visible()
         deadline = time.monotonic() + timeout
@@ -204,8 +226,14 @@ class RedisBroker(Broker):
                     remaining = min(remaining, max(next_due - time.time(), 0.001))
                 popped = self.client.brpop(keys, timeout=remaining)
                 if popped is not None:
-                    number = keys.index(popped[0].decode("utf-8")) + 1
-                    return self._pop(keys, names, max_messages, (number, popped[1]))[1]
+                    key = popped[0].decode("utf-8")
+                    try:
+                        return self._pop(
+                            keys, names, max_messages, (keys.index(key) + 1, popped[1])
+                        )[1]
+                    except BrokerConnectionError:
+                        self._orphan = (key, popped[1])
+                        raise
 
     def _rotate(self, queues: Sequence[str]) -> list[str]:
         """Queues in round-robin order, so one busy queue cannot starve the others."""
@@ -265,14 +293,32 @@ class RedisBroker(Broker):
                 other.ack()
 
     def _remove_unacked(self, deliveries: Sequence[RedisDelivery]) -> None:
-        tags = [d.tag for d in deliveries if d.tag]
+        """Acks that cannot reach Redis are kept and sent by the next call that can: a
+        restart must not turn an early-acked task into a redelivery an hour later."""
+        tags = [*self._unsent_acks, *(d.tag for d in deliveries if d.tag)]
+        self._unsent_acks = []
         if not tags:
             return
-        with translate_errors(self.target):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.zrem(UNACKED_INDEX, *tags)
-            pipe.hdel(UNACKED, *tags)
-            pipe.execute()
+        try:
+            with translate_errors(self.target):
+                pipe = self.client.pipeline(transaction=True)
+                pipe.zrem(UNACKED_INDEX, *tags)
+                pipe.hdel(UNACKED, *tags)
+                pipe.execute()
+        except BrokerConnectionError:
+            self._unsent_acks = tags
+            raise
+
+    def _recover(self) -> None:
+        """Send acks kept while Redis was away, and put back a message BRPOP took just
+        before the connection broke (at the head of its list, where it was)."""
+        if self._unsent_acks:
+            self._remove_unacked([])
+        if self._orphan is not None:
+            key, item = self._orphan
+            with translate_errors(self.target):
+                self.client.rpush(key, item)
+            self._orphan = None
 
     def _requeue(self, delivery: RedisDelivery) -> None:
         """Back to the far end of its list (LPUSH, as kombu), flagged redelivered."""
@@ -465,6 +511,7 @@ class RedisBroker(Broker):
     def ensure_connection(self) -> None:
         with translate_errors(self.target):
             self.client.ping()
+        self._recover()
 
     def close(self) -> None:
         self.client.close()

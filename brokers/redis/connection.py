@@ -175,16 +175,25 @@ _AUTH_ERRORS: tuple[type[Exception], ...] = (
     redis.AuthenticationError,
     # redis-py 5+ raises this for an ACL denial at connect; older stubs do not know it.
     getattr(redis.exceptions, "AuthorizationError", redis.AuthenticationError),
+    getattr(redis.exceptions, "NoPermissionError", redis.AuthenticationError),
 )
-_DENIED = ("NOAUTH", "WRONGPASS", "NOPERM", "invalid password", "invalid username")
+_DENIED = (
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "no permissions",
+    "invalid password",
+    "invalid username",
+)
 
 
 @contextmanager
 def translate_errors(target: RedisTarget) -> Iterator[None]:
     """Turn redis-py exceptions into BrokerConnectionError / BrokerError naming the target.
 
-    Authentication and ACL failures say so plainly, so a worker stops instead of reconnecting
-    in a loop with a password that will never work."""
+    Authentication and ACL failures are a plain ``BrokerError`` that says so: the server was
+    reached and refused, so a worker stops with that one line instead of retrying a password
+    that will never work (only ``BrokerConnectionError`` is retried)."""
     try:
         yield
     except _AUTH_ERRORS as exc:
@@ -202,12 +211,12 @@ def translate_errors(target: RedisTarget) -> Iterator[None]:
         raise BrokerError(f"Redis error on {target.display}: {exc}") from exc
 
 
-def _denied(target: RedisTarget, exc: Exception) -> BrokerConnectionError:
-    if "NOPERM" in str(exc):
-        return BrokerConnectionError(
+def _denied(target: RedisTarget, exc: Exception) -> BrokerError:
+    if "NOPERM" in str(exc) or "no permissions" in str(exc):
+        return BrokerError(
             f"permission denied for {target.display} ({exc}); check the user's ACL rules"
         )
-    return BrokerConnectionError(
+    return BrokerError(
         f"authentication failed for {target.display} ({exc}); check the user name and "
         "password in the URL"
     )

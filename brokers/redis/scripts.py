@@ -23,7 +23,7 @@ __all__ = [
 
 _PROMOTE_BODY = """
 local function promote(delayed, counts, now, limit)
-    if limit <= 0 then return end
+    if limit <= 0 then return 0 end
     local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, limit)
     for _, member in ipairs(due) do
         local entry = cjson.decode(member)
@@ -33,6 +33,7 @@ local function promote(delayed, counts, now, limit)
         end
         redis.call('LPUSH', entry[2], entry[3])
     end
+    return #due
 end
 """
 
@@ -40,11 +41,11 @@ PROMOTE = (
     _PROMOTE_BODY
     + """
 -- KEYS: delayed zset, delayed count hash. ARGV: now, limit.
-promote(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
-return 1
+return promote(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
 """
 )
-"""Move due delayed messages (zset members ``[queue, list_key, envelope]``) to their lists."""
+"""Move up to ``limit`` due delayed messages (zset members ``[queue, list_key, envelope]``) to
+their lists; returns how many moved."""
 
 RECEIVE = (
     _PROMOTE_BODY

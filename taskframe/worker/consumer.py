@@ -1,47 +1,92 @@
 """The worker: receive messages, hand them to a pool, settle them from the pool's reports.
 
-``Worker.start()`` reads top to bottom: finalize the app, connect, start the pool, then loop.
-One thread receives and settles every message (pika connections are not thread-safe), so
-the loop alternates between asking the broker for more work, up to the prefetch limit, and
-waiting on the pool for finished jobs; it never holds more than
-``prefetch_multiplier * concurrency`` messages.
+``Worker.start()`` reads top to bottom: finalize the app, connect, listen for remote control,
+start the pool, then loop. One thread receives and settles every message (pika connections are
+not thread-safe). Each turn of the loop hands ready jobs to free pool slots, fetches more
+messages up to the prefetch limit (``prefetch_multiplier * concurrency`` messages held at
+most, running or not), and settles finished jobs; acks of one turn go out in one batch.
 
-Acknowledgement, derived once per task from Celery's booleans:
+Acknowledgement, derived once per task from Celery's booleans (:class:`AckMode`):
 
-* early (default): the message is acked when its job starts, so a crash while prefetched
-  but unstarted loses nothing (the broker redelivers it after the visibility timeout);
-* late (``acks_late``): acked after the outcome is stored and follow-ups are sent;
-  ``task_acks_on_failure_or_timeout=False`` dead-letters a failed late-ack task instead.
+* early (default): acked just before the job is handed to the pool (the batch of acks is
+  flushed first), so a message held in the prefetch buffer is never acked: a worker that dies
+  loses none of them (the store redelivers them after the visibility timeout), and a started
+  task is not run twice;
+* late (``acks_late``): acked after the outcome is stored and follow-ups are sent. A job whose
+  process died is failed (WorkerLostError), or given back when ``reject_on_worker_lost`` is
+  set; with ``acks_on_failure_or_timeout=False`` a failed or timed-out job is dead-lettered.
 
-Messages that cannot run (undecodable, content type refused, unknown task, rejected,
-retries exhausted) are dead-lettered with a reason, in one log line each.
+Before running, a message is checked: revoked (in-memory set, fed by broadcast and the
+persistent set), expired (stored REVOKED, reason ``expired``), rate limit (waits in the buffer,
+other tasks go on). Messages that cannot run (undecodable, refused content type, unknown task,
+rejected, retries exhausted) are dead-lettered with their reason, exception and traceback in
+``x-dead-letter-*`` headers and ``retries`` reset (so a replay starts afresh), in one log line.
+
+While a message is held (buffered, or running with late ack), its visibility is extended every
+third of the broker's ``visibility_timeout``, so a long task is not delivered twice.
+
+Shutdown: :meth:`stop` is warm (stop fetching, give unstarted messages back at once, wait up to
+``worker_shutdown_timeout`` for running jobs, then go cold); ``stop(cold=True)`` cuts running
+jobs short: late-ack ones are given back to the queue, early-ack ones are stored as failed
+(WorkerLostError).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
+import queue
 import socket
-from collections import deque
+import threading
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from taskframe import signals, states
 from taskframe.brokers.base import Delivery
-from taskframe.execution import ACK, DEAD_LETTER, REQUEUE
+from taskframe.connection_retry import RetryPolicy, connect_with_retry, reconnect
+from taskframe.exceptions import (
+    BrokerConnectionError,
+    ContentDisallowed,
+    ImproperlyConfigured,
+    ProtocolError,
+    SerializationError,
+    TaskRevokedError,
+    WorkerLostError,
+)
+from taskframe.execution import DEAD_LETTER, REQUEUE, fail_unfinished, revoked_outcome
+from taskframe.protocol import TaskMessage, decode_task
 from taskframe.timeutils import utcnow
 from taskframe.worker.job import Job, Report
 from taskframe.worker.pools import Pool, SoloPool, ThreadPool
+from taskframe.worker.ratelimit import RateLimits
+from taskframe.worker.remote import ControlListener
+from taskframe.worker.revoke import Revoked
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
 
-__all__ = ["Worker"]
+__all__ = ["AckMode", "Worker"]
 
 logger = logging.getLogger("taskframe.worker")
 
 IDLE_RECEIVE_TIMEOUT = 1.0
 BUSY_RECEIVE_TIMEOUT = 0.02
+POOL_WAIT = 0.2
+ACK_BATCH = 64
+DEFAULT_VISIBILITY_TIMEOUT = 3600.0
+POOLS = ("prefork", "threads", "solo", "asyncio")
+
+
+@dataclass(frozen=True)
+class AckMode:
+    late: bool
+    reject_on_worker_lost: bool
+    ack_failures: bool
 
 
 class Worker:
@@ -52,7 +97,7 @@ class Worker:
         app: Taskframe,
         *,
         concurrency: int | None = None,
-        pool: str = "prefork",
+        pool: str | None = None,
         queues: Sequence[str] | None = None,
         exclude_queues: Sequence[str] = (),
         hostname: str | None = None,
@@ -61,31 +106,66 @@ class Worker:
         max_memory_per_child: int | None = None,
         time_limit: float | None = None,
         soft_time_limit: float | None = None,
+        optimization: str = "default",
+        shutdown_timeout: float | None = None,
         burst: bool = False,
     ) -> None:
         conf = app.conf
+        pool_name = pool or conf.worker_pool or "prefork"
+        if pool_name not in POOLS:
+            raise ImproperlyConfigured(f"unknown pool {pool_name!r}; choose one of {', '.join(POOLS)}")
+        if pool_name == "prefork" and app.broker_url.startswith("memory:"):
+            raise ImproperlyConfigured(
+                "the memory:// broker lives inside one process, so prefork children cannot "
+                "reach it; use pool='threads', 'solo' or 'asyncio', or a sqlite:// broker"
+            )
         self.app = app
-        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        default_concurrency = 100 if pool_name == "asyncio" else os.cpu_count() or 1
+        self.concurrency = concurrency or conf.worker_concurrency or default_concurrency
         self.hostname = hostname or f"taskframe@{socket.gethostname()}"
-        selected = list(queues or [conf.task_default_queue])
-        self.queues = [queue for queue in selected if queue not in set(exclude_queues)]
-        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
+        excluded = set(exclude_queues)
+        self.queues = [q for q in (queues or [conf.task_default_queue]) if q not in excluded]
+        if not self.queues:
+            raise ImproperlyConfigured("no queues left to consume after -X/--exclude-queues")
+        multiplier = (
+            conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
+        )
         self.prefetch_limit = max(1, int(multiplier) * self.concurrency) if multiplier else 10_000
+        self.optimization = optimization
+        self._low_water = max(1, self.prefetch_limit // 2)
         self.burst = burst
+        self.shutdown_timeout = float(
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
         self.pool = _make_pool(
-            pool, app, self.concurrency, self.hostname,
+            pool_name, app, self.concurrency, self.hostname,
             max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
             max_memory_per_child=max_memory_per_child or conf.worker_max_memory_per_child,
             time_limit=time_limit or conf.task_time_limit,
             soft_time_limit=soft_time_limit or conf.task_soft_time_limit,
         )
-        self._held: dict[int, Delivery] = {}
-        self._late: dict[int, bool] = {}
-        self._buffer: deque[Job] = deque()
-        self._next_job_id = 0
-        self._to_ack: list[Delivery] = []
-        self._stopping = False
+        self.revoked = Revoked()
+        self.rate_limits = RateLimits(app)
+        self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.control = ControlListener(self)
+        self.ready = threading.Event()
         self.processed = 0
+        self.totals: Counter[str] = Counter()
+        self.started_at = 0.0
+        self._held: dict[int, Delivery] = {}
+        self._touched: dict[int, float] = {}
+        self._jobs: dict[int, Job] = {}
+        self._ready: deque[Job] = deque()
+        self._waiting: list[tuple[float, int, Job]] = []
+        self._modes: dict[str, AckMode] = {}
+        self._to_ack: list[Delivery] = []
+        self._next_number = 0
+        self._stopping = False
+        self._cold = False
+        visibility = _visibility_timeout(app)
+        self._extend_every = visibility / 3 if app.broker.capabilities.extend_visibility else None
+        self._visibility = visibility
+        self._next_housekeeping = 0.0
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -93,10 +173,17 @@ class Worker:
         """Connect, start the pool and consume until :meth:`stop` (or, in burst mode, until
         the queues are empty)."""
         self.app.finalize()
-        broker = self.app.broker
-        broker.ensure_connection()
+        connect_with_retry(
+            self.app.broker,
+            RetryPolicy.from_conf(self.app.conf, startup=True),
+            logger,
+            stopping=lambda: self._stopping,
+        )
         signals.worker_init.send(sender=self)
+        self.control.start()
         self.pool.start()
+        self.started_at = time.monotonic()
+        self.ready.set()
         signals.worker_ready.send(sender=self)
         logger.info("%s ready: queues %s, concurrency %s (%s)", self.hostname,
                     ",".join(self.queues), self.concurrency, self.pool.name)
@@ -105,136 +192,384 @@ class Worker:
         finally:
             self._shutdown()
 
-    def stop(self) -> None:
-        """Stop taking work; running jobs finish and are settled (warm shutdown)."""
+    def stop(self, *, cold: bool = False) -> None:
+        """Stop taking work: warm (running jobs finish) or ``cold`` (they are cut short)."""
+        self._cold = self._cold or cold
         self._stopping = True
 
-    def _shutdown(self) -> None:
-        signals.worker_shutting_down.send(sender=self.hostname, sig="stop", how="warm", exitcode=0)
-        for job in self._buffer:
-            delivery = self._held.pop(job.id)
-            delivery.reject(requeue=True)
-        self._buffer.clear()
-        while self.pool.in_flight():
-            self._settle(self.pool.poll(1.0))
-        self._flush_acks()
-        self.pool.stop(wait=True)
-        for delivery in self._held.values():
-            delivery.reject(requeue=True)
-        self._held.clear()
-        signals.worker_shutdown.send(sender=self)
+    def restart_pool(self) -> None:
+        """Replace the pool's processes once idle (SIGHUP); no message is dropped."""
+        self.commands.put(("restart",))
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait until the queues are empty (delayed messages included) and nothing is held;
+        for tests."""
+        broker = self.app.broker
+        deadline = time.monotonic() + timeout
+        while self._held or any(broker.size(q) for q in self.queues):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"worker still busy after {timeout}s: {len(self._held)} held")
+            time.sleep(0.01)
 
     # -- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         broker = self.app.broker
+        pool = self.pool
         while not self._stopping:
-            self._dispatch()
-            room = self.prefetch_limit - len(self._held)
-            busy = self.pool.in_flight() > 0
-            if room > 0:
-                if self._buffer:
-                    timeout = 0.0
-                else:
-                    timeout = BUSY_RECEIVE_TIMEOUT if busy else IDLE_RECEIVE_TIMEOUT
-                received = broker.receive(self.queues, room, timeout)
-                for delivery in received:
-                    self._accept(delivery)
-                if self.burst and not received and not busy and not self._buffer:
-                    break
+            try:
+                self._housekeeping()
                 self._dispatch()
-            if not self._buffer:
+                room = self.prefetch_limit - len(self._held)
+                free = pool.free_slots() > 0
+                received: list[Delivery] = []
+                if room >= self._low_water or (room > 0 and not self._ready):
+                    timeout = 0.0
+                    if free and not self._ready:
+                        idle = BUSY_RECEIVE_TIMEOUT if self.burst else IDLE_RECEIVE_TIMEOUT
+                        timeout = (
+                            BUSY_RECEIVE_TIMEOUT if pool.in_flight() else self._pool_wait(idle)
+                        )
+                    received = broker.receive(self.queues, room, timeout)
+                    for delivery in received:
+                        self._accept(delivery)
+                    if self.burst and not received and not self._held:
+                        break
+                    self._dispatch()
+                if pool.in_flight():
+                    wait = 0.0 if (free and room > 0) else self._pool_wait(POOL_WAIT)
+                    self._settle(pool.poll(wait))
+                elif not received and room <= 0:
+                    time.sleep(self._pool_wait(POOL_WAIT))
                 self._flush_acks()
-            if self.pool.in_flight():
-                blocked = room <= 0 or (self._buffer and not self.pool.free_slots())
-                self._settle(self.pool.poll(0.2 if blocked else 0.0))
+            except BrokerConnectionError as exc:
+                policy = RetryPolicy.from_conf(self.app.conf, startup=False)
+                reconnect(broker, policy, logger, exc, stopping=lambda: self._stopping)
+
+    def _pool_wait(self, limit: float) -> float:
+        """``limit``, or less when housekeeping or a rate-limited job falls due sooner."""
+        due = self._next_housekeeping
+        if self._waiting:
+            due = min(due, self._waiting[0][0])
+        return max(0.0, min(limit, due - time.monotonic()))
 
     def _accept(self, delivery: Delivery) -> None:
         headers = delivery.message.headers
-        task_name = str(headers.get("task") or "")
-        task_id = str(headers.get("id") or "")
+        task_name = headers.get("task")
+        task_name = task_name if isinstance(task_name, str) else ""
+        task_id = headers.get("id")
+        task_id = task_id if isinstance(task_id, str) else ""
         eta = headers.get("eta")
         if eta and self._defer_until_due(delivery, eta):
             return
-        self._next_job_id += 1
-        job = Job(
-            self._next_job_id, delivery.message, delivery.delivery_info,
-            task_name=task_name, task_id=task_id,
-        )
-        self._held[job.id] = delivery
-        self._late[job.id] = self._acks_late(task_name)
-        self._buffer.append(job)
+        self._next_number += 1
+        job = Job(self._next_number, delivery.message, delivery.delivery_info, task_name, task_id)
+        self._held[job.number] = delivery
+        self._jobs[job.number] = job
+        self._touched[job.number] = time.monotonic()
+        if signals.task_received.has_receivers():
+            signals.task_received.send(sender=self, request=job)
+        if len(self.revoked) and task_id in self.revoked:
+            self._discard(job, "revoked")
+            return
+        expires = headers.get("expires")
+        if expires and _is_past(expires):
+            self._discard(job, "expired")
+            return
+        if task_name and self.rate_limits.rate(task_name):
+            wait = self.rate_limits.wait(task_name)
+            if wait > 0:
+                heapq.heappush(self._waiting, (time.monotonic() + wait, job.number, job))
+                return
+        self._ready.append(job)
 
     def _defer_until_due(self, delivery: Delivery, eta: Any) -> bool:
         """A message whose eta is ahead (sent by a peer that holds ETAs in memory) goes back
         to the store as a delayed message, so no worker holds it in memory."""
-        from datetime import datetime, timezone
-
-        try:
-            due = datetime.fromisoformat(str(eta))
-        except ValueError:
+        due = _moment(eta)
+        if due is None:
             return False
-        if due.tzinfo is None:
-            due = due.replace(tzinfo=timezone.utc)
         delay = (due - utcnow()).total_seconds()
         if delay <= 0.05:
             return False
-        self.app.broker.publish(delivery.queue, delivery.message, delay=delay,
-                                priority=delivery.message.priority)
+        self.app.broker.publish(
+            delivery.queue, delivery.message, delay=delay, priority=delivery.message.priority
+        )
         delivery.ack()
         return True
 
-    def _acks_late(self, task_name: str) -> bool:
-        task = self.app.tasks.get(task_name)
-        if task is not None and task.acks_late is not None:
-            return bool(task.acks_late)
-        return bool(self.app.conf.task_acks_late)
+    def mode(self, task_name: str) -> AckMode:
+        """The ack mode of a task, from its options or the app's settings (computed once)."""
+        mode = self._modes.get(task_name)
+        if mode is None:
+            conf = self.app.conf
+            task = self.app.tasks.get(task_name)
+
+            def option(name: str, setting: str) -> bool:
+                value = getattr(task, name, None) if task is not None else None
+                return bool(getattr(conf, setting) if value is None else value)
+
+            mode = AckMode(
+                late=option("acks_late", "task_acks_late"),
+                reject_on_worker_lost=option("reject_on_worker_lost", "task_reject_on_worker_lost"),
+                ack_failures=option("acks_on_failure_or_timeout", "task_acks_on_failure_or_timeout"),
+            )
+            self._modes[task_name] = mode
+        return mode
 
     def _dispatch(self) -> None:
-        while self._buffer and self.pool.free_slots() > 0:
-            job = self._buffer.popleft()
-            if not self._late[job.id]:
-                self._to_ack.append(self._held[job.id])
+        free = self.pool.free_slots()
+        if free <= 0 or not self._ready:
+            return
+        batch: list[Job] = []
+        while self._ready and len(batch) < free:
+            job = self._ready.popleft()
+            if len(self.revoked) and job.task_id in self.revoked:
+                self._discard(job, "revoked")
+                continue
+            batch.append(job)
+            if not self.mode(job.task_name).late:
+                self._to_ack.append(self._held[job.number])
+        self._flush_acks()
+        for job in batch:
             self.pool.submit(job)
-            if isinstance(self.pool, SoloPool):
-                self._settle(self.pool.poll(0.0))
-        if len(self._to_ack) >= 32 or (self._to_ack and not self._buffer):
-            self._flush_acks()
 
     def _flush_acks(self) -> None:
         if self._to_ack:
             pending, self._to_ack = self._to_ack, []
             self.app.broker.ack_many([d for d in pending if not d.settled])
 
+    # -- settling ------------------------------------------------------------------------------
+
+    def _release(self, number: int) -> Delivery | None:
+        self._touched.pop(number, None)
+        self._jobs.pop(number, None)
+        return self._held.pop(number, None)
+
     def _settle(self, reports: list[Report]) -> None:
         for report in reports:
-            delivery = self._held.pop(report.job_id, None)
-            late = self._late.pop(report.job_id, False)
+            delivery = self._release(report.number)
             if delivery is None:
                 continue
             self.processed += 1
-            self._log(report)
+            self.totals[report.task_name] += 1
+            mode = self.mode(report.task_name)
+            if report.failure is not None:
+                self._settle_unfinished(report, delivery, mode)
+                continue
+            if report.state == states.SUCCESS and logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "Task %s[%s] succeeded in %.6fs: %s", report.task_name, report.task_id,
+                    report.runtime, report.summary,
+                    extra={"task_name": report.task_name, "task_id": report.task_id},
+                )
             if report.settle == DEAD_LETTER:
-                self._flush_acks()
-                logger.warning("Dead-lettered %s[%s] from %s: %s", report.task_name or "?",
-                               report.task_id or "?", delivery.queue, report.reason)
-                self.app.broker.dead_letter(delivery, report.reason or "unknown")
-            elif report.settle == REQUEUE and late:
+                if report.malformed:
+                    signals.task_rejected.send(sender=self, message=delivery.message, exc=None)
+                self._dead_letter(delivery, report.reason or "unknown", report)
+            elif report.settle == REQUEUE:
+                self._give_back(delivery)
+            elif mode.late and report.state == states.FAILURE and not mode.ack_failures:
+                self._dead_letter(delivery, report.reason or "failed (acks_late)", report)
+            elif not delivery.settled:
+                self._to_ack.append(delivery)
+        if len(self._to_ack) >= ACK_BATCH:
+            self._flush_acks()
+
+    def _settle_unfinished(self, report: Report, delivery: Delivery, mode: AckMode) -> None:
+        """A job its pool could not finish: terminated, lost with its process, or killed at
+        the hard time limit."""
+        error = report.failure
+        assert error is not None
+        message = self._decode(delivery)
+        if message is None:
+            return
+        if isinstance(error, TaskRevokedError):
+            revoked_outcome(self.app, message, "terminated", terminated=True)
+            if not delivery.settled:
+                self._to_ack.append(delivery)
+            return
+        lost = isinstance(error, WorkerLostError)
+        if lost and not delivery.settled and (self._cold or mode.reject_on_worker_lost):
+            logger.warning(
+                "Task %s[%s] given back to the queue: %r", report.task_name, report.task_id,
+                error, extra={"task_name": report.task_name, "task_id": report.task_id},
+            )
+            delivery.reject(requeue=True)
+            return
+        outcome = fail_unfinished(
+            self.app, message, error, hostname=self.hostname,
+            delivery_info=delivery.delivery_info,
+        )
+        if delivery.settled:
+            return
+        if mode.ack_failures:
+            self._to_ack.append(delivery)
+        else:
+            self._dead_letter(delivery, outcome.reason or repr(error), report)
+
+    def _decode(self, delivery: Delivery) -> TaskMessage | None:
+        try:
+            return decode_task(delivery.message, self.app.conf.accept_content)
+        except (ProtocolError, SerializationError, ContentDisallowed) as exc:
+            self._dead_letter(delivery, f"malformed message: {exc}", None)
+            return None
+
+    def _discard(self, job: Job, reason: str) -> None:
+        """Do not run a revoked or expired message: store REVOKED and ack it."""
+        delivery = self._release(job.number)
+        if delivery is None:
+            return
+        message = self._decode(delivery)
+        if message is not None:
+            revoked_outcome(self.app, message, reason)
+            self._to_ack.append(delivery)
+
+    def _give_back(self, delivery: Delivery) -> None:
+        if delivery.settled:
+            self.app.broker.publish(
+                delivery.queue, delivery.message, priority=delivery.message.priority
+            )
+        else:
+            delivery.reject(requeue=True)
+
+    def _dead_letter(self, delivery: Delivery, reason: str, report: Report | None) -> None:
+        headers = delivery.message.headers
+        headers["x-dead-letter-reason"] = reason
+        headers["x-dead-letter-time"] = utcnow().isoformat()
+        if report is not None:
+            headers["x-dead-letter-exception"] = report.exception or report.reason
+            headers["x-dead-letter-traceback"] = report.traceback
+        if "retries" in headers:
+            headers["x-dead-letter-retries"] = headers["retries"]
+            headers["retries"] = 0
+        name = headers.get("task") or "?"
+        task_id = headers.get("id") or "?"
+        logger.warning(
+            "Dead-lettered %s[%s] from %s: %s", name, task_id, delivery.queue, reason,
+            extra={"task_name": name, "task_id": task_id},
+        )
+        self.app.broker.dead_letter(delivery, reason)
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        """Remote-control commands, rate-limited jobs now due, visibility extension."""
+        while not self.commands.empty():
+            self._run_command(self.commands.get_nowait())
+        now = time.monotonic()
+        while self._waiting and self._waiting[0][0] <= now:
+            _, number, job = heapq.heappop(self._waiting)
+            if number not in self._held:
+                continue
+            wait = self.rate_limits.wait(job.task_name)
+            if wait > 0:
+                heapq.heappush(self._waiting, (now + wait, number, job))
+                break
+            self._ready.append(job)
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + min(1.0, (self._extend_every or 2.0) / 2)
+        if self._extend_every is not None:
+            for number, touched in list(self._touched.items()):
+                if now - touched >= self._extend_every:
+                    delivery = self._held.get(number)
+                    if delivery is not None and not delivery.settled:
+                        delivery.extend(self._visibility)
+                    self._touched[number] = now
+
+    def _run_command(self, command: tuple[Any, ...]) -> None:
+        if command[0] == "terminate":
+            _, ids, signum = command
+            for task_id in ids:
+                if self.pool.terminate(task_id, signum):
+                    logger.warning("Terminating %s with signal %s", task_id, signum)
+        elif command[0] == "restart":
+            logger.warning("Restarting the pool's processes")
+            self.pool.restart()
+
+    # -- introspection -------------------------------------------------------------------------
+
+    def active_requests(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": job.task_id, "name": job.task_name, "hostname": self.hostname,
+                "args": job.message.headers.get("argsrepr"),
+                "kwargs": job.message.headers.get("kwargsrepr"),
+                "delivery_info": job.delivery_info,
+            }
+            for job in list(self.pool.active.values())
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "pid": os.getpid(),
+            "pool": {
+                "implementation": self.pool.name,
+                "max-concurrency": self.concurrency,
+                "processes": self.pool.pids(),
+            },
+            "prefetch_count": self.prefetch_limit,
+            "held": len(self._held),
+            "total": dict(self.totals),
+            "uptime": round(time.monotonic() - self.started_at, 3) if self.started_at else 0.0,
+        }
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        how = "cold" if self._cold else "warm"
+        signals.worker_shutting_down.send(sender=self.hostname, sig="stop", how=how, exitcode=0)
+        unstarted = [job.number for job in self._ready] + [item[1] for item in self._waiting]
+        self._ready.clear()
+        self._waiting.clear()
+        for number in unstarted:
+            delivery = self._release(number)
+            if delivery is not None:
+                self._give_back(delivery)
+        self._flush_acks()
+        deadline = time.monotonic() + self.shutdown_timeout
+        while self.pool.in_flight() and not self._cold:
+            if time.monotonic() >= deadline:
+                logger.warning("running tasks outlived worker_shutdown_timeout; cold shutdown")
+                self._cold = True
+                break
+            self._housekeeping()
+            self._settle(self.pool.poll(self._pool_wait(POOL_WAIT)))
+            self._flush_acks()
+        if self.pool.in_flight():
+            self._cold = True
+            self._settle(self.pool.terminate_all())
+        self._flush_acks()
+        self.pool.stop()
+        for number in list(self._held):
+            delivery = self._release(number)
+            if delivery is not None and not delivery.settled:
                 delivery.reject(requeue=True)
-            elif late and report.state == states.FAILURE and not self._ack_failures():
-                self.app.broker.dead_letter(delivery, report.reason or "failed (acks_late)")
-            elif late:
-                self._to_ack.append(delivery)
-            elif report.settle == ACK and not delivery.settled:
-                self._to_ack.append(delivery)
+        self.control.stop()
+        signals.worker_shutdown.send(sender=self)
 
-    def _ack_failures(self) -> bool:
-        return bool(self.app.conf.task_acks_on_failure_or_timeout)
 
-    def _log(self, report: Report) -> None:
-        if report.state == states.SUCCESS:
-            logger.info("Task %s[%s] succeeded in %.6fs: %s", report.task_name, report.task_id,
-                        report.runtime, report.summary)
+def _moment(value: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def _is_past(value: Any) -> bool:
+    moment = _moment(value)
+    return moment is not None and moment <= utcnow()
+
+
+def _visibility_timeout(app: Taskframe) -> float:
+    broker = app.broker
+    value = broker.transport_options.get("visibility_timeout")
+    if value is None:
+        value = getattr(broker, "visibility_timeout", None)
+    return float(value) if value else DEFAULT_VISIBILITY_TIMEOUT
 
 
 def _make_pool(name: str, app: Taskframe, concurrency: int, hostname: str, **options: Any) -> Pool:
@@ -242,8 +577,10 @@ def _make_pool(name: str, app: Taskframe, concurrency: int, hostname: str, **opt
         from taskframe.worker.prefork import PreforkPool
 
         return PreforkPool(app, concurrency, hostname, **options)
+    if name == "asyncio":
+        from taskframe.worker.asyncio_pool import AsyncioPool
+
+        return AsyncioPool(app, concurrency, hostname, **options)
     if name == "threads":
         return ThreadPool(app, concurrency, hostname, **options)
-    if name == "solo":
-        return SoloPool(app, concurrency, hostname, **options)
-    raise ValueError(f"unknown pool {name!r}; choose one of prefork, threads, solo")
+    return SoloPool(app, concurrency, hostname, **options)

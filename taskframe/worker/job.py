@@ -2,7 +2,10 @@
 
 The consumer hands pools a :class:`Job` holding the message as received (headers already
 parsed by the broker, body still encoded), so the body is decoded once, where the task runs.
-Pools return a small :class:`Report` that pickles cheaply across the prefork pipe.
+Pools return a small :class:`Report` that pickles cheaply across the prefork pipe. A pool that
+could not finish a job itself (its child died, it passed the hard time limit, it was terminated
+by a revoke) says so in ``Report.failure``; the consumer then decides, from the task's ack
+mode, whether to store that failure or to give the message back.
 """
 
 from __future__ import annotations
@@ -14,32 +17,54 @@ from typing import TYPE_CHECKING, Any
 from taskframe import states
 from taskframe.brokers.base import Message
 from taskframe.exceptions import ContentDisallowed, ProtocolError, SerializationError
-from taskframe.execution import ACK, DEAD_LETTER, execute
-from taskframe.protocol import decode_task
+from taskframe.execution import ACK, DEAD_LETTER, Outcome, execute
+from taskframe.protocol import TaskMessage, decode_task
+from taskframe.worker.limits import SoftLimit
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
 
-__all__ = ["Job", "Report", "run_job"]
+__all__ = [
+    "Job",
+    "Report",
+    "decode",
+    "failed_report",
+    "hard_limit",
+    "report_of",
+    "run_job",
+    "soft_limit",
+]
 
 logger = logging.getLogger("taskframe.worker")
 
 
 @dataclass
 class Job:
-    id: int
+    """One message to run. ``id`` and ``name`` mirror Celery's request for signal receivers."""
+
+    number: int
     message: Message
     delivery_info: dict[str, Any] = field(default_factory=dict)
     task_name: str = ""
     task_id: str = ""
-    soft_time_limit: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.task_id
+
+    @property
+    def name(self) -> str:
+        return self.task_name
 
 
 @dataclass
 class Report:
-    """The outcome of one job, as the consumer needs it to settle the message and log."""
+    """The outcome of one job, as the consumer needs it to settle the message and log.
 
-    job_id: int
+    ``exception`` and ``traceback`` are filled only for dead-lettered jobs (they go into the
+    dead letter's headers); ``failure`` only by a pool for a job it could not finish."""
+
+    number: int
     task_id: str
     task_name: str
     state: str
@@ -47,28 +72,78 @@ class Report:
     settle: str = ACK
     reason: str | None = None
     summary: str = ""
+    exception: str | None = None
+    traceback: str | None = None
+    malformed: bool = False
+    failure: BaseException | None = None
 
 
-def run_job(app: Taskframe, job: Job, hostname: str) -> Report:
-    """Decode and run one job; never raises, whatever the message holds."""
+def hard_limit(job: Job, default: float | None) -> float | None:
+    """The job's hard time limit: its ``timelimit`` header, else the worker's."""
+    return _limit(job, 0) or default
+
+
+def soft_limit(job: Job, default: float | None) -> float | None:
+    return _limit(job, 1) or default
+
+
+def _limit(job: Job, index: int) -> float | None:
+    timelimit = job.message.headers.get("timelimit")
+    if isinstance(timelimit, (list, tuple)) and len(timelimit) > index and timelimit[index]:
+        try:
+            return float(timelimit[index])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def failed_report(job: Job, error: BaseException, runtime: float) -> Report:
+    """A report for a job its pool could not finish (the consumer stores or requeues it)."""
+    return Report(
+        job.number, job.task_id, job.task_name, states.FAILURE, runtime,
+        reason=repr(error), summary=repr(error), failure=error,
+    )
+
+
+def decode(app: Taskframe, job: Job) -> TaskMessage | Report:
+    """The job's decoded task message, or the report that dead-letters a malformed one."""
     try:
-        message = decode_task(job.message, app.conf.accept_content)
+        return decode_task(job.message, app.conf.accept_content)
     except (ProtocolError, SerializationError, ContentDisallowed) as exc:
         return Report(
-            job.id, job.task_id, job.task_name or "?", states.REJECTED, 0.0,
-            settle=DEAD_LETTER, reason=f"malformed message: {exc}",
+            job.number, job.task_id, job.task_name or "?", states.REJECTED, 0.0,
+            settle=DEAD_LETTER, reason=f"malformed message: {exc}", exception=repr(exc),
+            malformed=True,
         )
+
+
+def run_job(
+    app: Taskframe, job: Job, hostname: str, soft_time_limit: float | None = None
+) -> Report:
+    """Decode and run one job under its soft time limit; never raises."""
+    message = decode(app, job)
+    if isinstance(message, Report):
+        return message
     try:
-        outcome = execute(app, message, hostname=hostname, delivery_info=job.delivery_info)
+        with SoftLimit(soft_limit(job, soft_time_limit)):
+            outcome = execute(app, message, hostname=hostname, delivery_info=job.delivery_info)
     except Exception as exc:  # an error in taskframe itself must not kill the pool
         logger.exception("internal error running %s[%s]", message.task, message.id)
         return Report(
-            job.id, message.id, message.task, states.FAILURE, 0.0,
-            settle=DEAD_LETTER, reason=f"internal error: {exc!r}",
+            job.number, message.id, message.task, states.FAILURE, 0.0,
+            settle=DEAD_LETTER, reason=f"internal error: {exc!r}", exception=repr(exc),
         )
+    return report_of(job, outcome)
+
+
+def report_of(job: Job, outcome: Outcome) -> Report:
+    dead = outcome.settle == DEAD_LETTER
     return Report(
-        job.id, outcome.task_id, outcome.task_name, outcome.state, outcome.runtime,
-        settle=outcome.settle, reason=outcome.reason, summary=_summary(outcome.retval, outcome.exception),
+        job.number, outcome.task_id, outcome.task_name, outcome.state, outcome.runtime,
+        settle=outcome.settle, reason=outcome.reason,
+        summary=_summary(outcome.retval, outcome.exception),
+        exception=repr(outcome.exception) if dead and outcome.exception is not None else None,
+        traceback=outcome.traceback if dead else None,
     )
 
 

@@ -1,0 +1,34 @@
+"""Celery's side: ``celery -A benchmarks.apps.celery_app worker -c 2 --pool prefork -l WARNING``.
+
+Celery's defaults everywhere (prefetch multiplier 4, early acks, gossip, mingle and heartbeats
+on) except the queue name and ``broker_connection_retry_on_startup`` (set only to silence
+Celery's deprecation warning).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from benchmarks.apps import tasks
+from benchmarks.settings import BENCH_QUEUE, ENV_BACKEND_URL, ENV_BROKER_URL, ENV_QUEUE
+
+__all__ = ["app", "build"]
+
+
+def build(broker_url: str, backend_url: str, queue: str) -> Celery:
+    app = Celery("bench", broker=broker_url, backend=backend_url, set_as_current=False)
+    app.conf.task_default_queue = queue
+    app.conf.broker_connection_retry_on_startup = True
+    app.task(name=tasks.NAMES["noop"], ignore_result=True)(tasks.noop)
+    app.task(name=tasks.NAMES["echo"])(tasks.echo)
+    app.task(name=tasks.NAMES["chord_done"])(tasks.chord_done)
+    return app
+
+
+app = build(
+    os.environ.get(ENV_BROKER_URL, "redis://127.0.0.1:6379/10"),
+    os.environ.get(ENV_BACKEND_URL, "redis://127.0.0.1:6379/10"),
+    os.environ.get(ENV_QUEUE, BENCH_QUEUE),
+)

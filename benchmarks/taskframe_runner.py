@@ -1,0 +1,141 @@
+"""taskframe's runner: ``delay``; ``group(...)`` or, until canvas has it, ``build_message`` +
+``broker.publish_many`` (the path group takes); ``chord`` once canvas has it.
+
+Brokers: Redis (``taskframe.brokers.redis``), sqlite (a file in the run's scratch directory,
+also the result backend), RabbitMQ once ``taskframe.brokers.rabbitmq`` imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from typing import Any
+
+import taskframe
+from benchmarks.apps import tasks, tf_app
+from benchmarks.runner import BIN, Runner, Unavailable
+
+__all__ = ["TaskframeRunner", "sample_payload"]
+
+
+def _canvas(name: str) -> Any:
+    """``taskframe.<name>``, else ``taskframe.canvas.<name>``, else None (not written yet)."""
+    found = getattr(taskframe, name, None)
+    if found is not None:
+        return found
+    try:
+        canvas = importlib.import_module("taskframe.canvas")
+    except ImportError:
+        return None
+    return getattr(canvas, name, None)
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+class TaskframeRunner(Runner):
+    framework = "taskframe"
+
+    @property
+    def broker_url(self) -> str:
+        if self.broker == "sqlite":
+            return f"sqlite:///{self.scratch / 'bench.sqlite3'}"
+        return super().broker_url
+
+    @property
+    def backend_url(self) -> str:
+        return self.broker_url if self.broker == "sqlite" else super().backend_url
+
+    def check(self) -> None:
+        module = {"redis": "taskframe.brokers.redis", "rabbitmq": "taskframe.brokers.rabbitmq"}
+        name = module.get(self.broker)
+        if name is not None and not _module_exists(name):
+            raise Unavailable("broker not implemented")
+        if name is not None:
+            try:
+                importlib.import_module(name)
+            except ImportError as exc:
+                raise Unavailable(f"broker does not import: {exc}") from exc
+
+    def connect(self) -> None:
+        self.app = tf_app.build(self.broker_url, self.backend_url, self.queue)
+        self.noop: Any = self.app.tasks[tasks.NAMES["noop"]]
+        self.echo: Any = self.app.tasks[tasks.NAMES["echo"]]
+        self.chord_done: Any = self.app.tasks[tasks.NAMES["chord_done"]]
+        self.app.broker.ensure_connection()
+
+    def enqueue_delay(self, count: int) -> None:
+        delay = self.noop.delay
+        for number in range(count):
+            delay(number)
+
+    def enqueue_batch(self, count: int) -> None:
+        group = _canvas("group")
+        if group is not None:
+            group(self.noop.s(number) for number in range(count)).apply_async()
+            return
+        build = self.app.build_message
+        name = tasks.NAMES["noop"]
+        items = []
+        for number in range(count):
+            queue, delay, message = build(name, (number,), task=self.noop)
+            items.append((queue, message, delay, message.priority))
+        self.app.broker.publish_many(items)
+
+    def round_trip(self, number: int, timeout: float) -> None:
+        self.echo.delay(number).get(timeout=timeout)
+
+    def chord(self, size: int) -> None:
+        chord = _canvas("chord")
+        if chord is None:
+            raise Unavailable("chord not implemented")
+        chord(self.echo.s(number) for number in range(size))(self.chord_done.s())
+
+    def purge(self) -> None:
+        if self.broker == "sqlite":
+            self.app.broker.purge(self.queue)
+        super().purge()
+
+    def worker_command(self) -> list[str]:
+        return [
+            str(BIN / "taskframe"),
+            "-A",
+            "benchmarks.apps.tf_app",
+            "worker",
+            "-c",
+            "2",
+            "-l",
+            "WARNING",
+            "-Q",
+            self.queue,
+        ]
+
+    def worker_config(self) -> str:
+        return "taskframe worker -c 2 (prefork), default prefetch multiplier 4, early acks"
+
+    def close(self) -> None:
+        if hasattr(self, "app"):
+            self.app.close()
+        super().close()
+
+
+def sample_payload() -> bytes:
+    """What taskframe writes to Redis for ``noop(1)``: the floors push payloads of this size."""
+    app = tf_app.build("memory://", "memory://", "taskframe-bench")
+    _queue, _delay, message = app.build_message(tasks.NAMES["noop"], (1,))
+    try:
+        envelope = importlib.import_module("taskframe.brokers.redis.envelope")
+    except ImportError:
+        raw = {
+            "body": message.body.decode(),
+            "headers": message.headers,
+            "properties": message.properties,
+        }
+    else:
+        raw = envelope.encode("taskframe-bench", message, 0)[1]
+    return json.dumps(raw, default=str).encode()

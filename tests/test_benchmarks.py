@@ -1,0 +1,102 @@
+"""``python -m benchmarks`` runs end to end in a tiny configuration, so the harness cannot rot.
+
+No time is asserted: only that every (broker, framework, workload) cell holds a number or
+says why it could not be measured, that the raw floors ran, and that the files were written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RABBITMQ_HOST, RABBITMQ_PORT, REDIS_HOST, REDIS_PORT, require_server
+
+REPO = Path(__file__).resolve().parent.parent
+WORKLOADS = {
+    "enqueue_delay",
+    "enqueue_batch",
+    "drain",
+    "round_trip_p50",
+    "round_trip_p99",
+    "chord",
+    "idle_rss",
+}
+FRAMEWORKS_ON = {
+    "redis": {"taskframe", "celery", "dramatiq"},
+    "rabbitmq": {"taskframe", "celery", "dramatiq"},
+    "sqlite": {"taskframe"},
+}
+FLOORS = {
+    ("redis", "lpush_single"),
+    ("redis", "lpush_pipelined"),
+    ("redis", "brpop_drain"),
+    ("rabbitmq", "publish"),
+    ("rabbitmq", "publish_confirmed"),
+    ("rabbitmq", "consume"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+def test_tiny_benchmark_measures_every_row_and_writes_its_files(tmp_path: Path) -> None:
+    # Given the servers and an empty results directory
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    require_server("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+
+    # When the benchmark runs in its smallest useful configuration (its own Redis db, 11)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--tasks",
+            "200",
+            "--round-trips",
+            "10",
+            "--chord",
+            "10",
+            "--repeats",
+            "1",
+            "--redis-db",
+            "11",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+    # Then it succeeds, prints the table and writes the JSON, the Markdown and latest.md
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| broker | workload | unit | taskframe | celery | dramatiq |" in completed.stdout
+    json_files = list(tmp_path.glob("*.json"))
+    markdown_files = sorted(path.name for path in tmp_path.glob("*.md"))
+    assert len(json_files) == 1
+    assert markdown_files == sorted([json_files[0].stem + ".md", "latest.md"])
+    assert (tmp_path / "latest.md").read_text() == (
+        tmp_path / f"{json_files[0].stem}.md"
+    ).read_text()
+
+    # And every row of every broker was measured, or says why it could not be
+    data = json.loads(json_files[0].read_text())
+    assert data["errors"] == []
+    seen = {(row["broker"], row["workload"]) for row in data["rows"]}
+    assert seen == {(broker, workload) for broker in FRAMEWORKS_ON for workload in WORKLOADS}
+    for row in data["rows"]:
+        assert set(row["values"]) == FRAMEWORKS_ON[row["broker"]], row
+        for framework, value in row["values"].items():
+            where = f"{row['broker']}/{framework}/{row['workload']}: {value!r}"
+            assert isinstance(value, float) or value.startswith("n/a ("), where
+            if framework != "taskframe":
+                assert isinstance(value, float), where
+
+    # And the raw client floors ran on both servers
+    assert {(floor["broker"], floor["floor"]) for floor in data["floors"]} == FLOORS
