@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from benchmarks import harness, report
 from benchmarks.settings import BROKERS, FRAMEWORKS, BenchConfig
@@ -69,18 +71,25 @@ def parse(argv: list[str]) -> BenchConfig:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("benchmarks").setLevel(logging.INFO)
     try:
         config = parse(argv)
     except ValueError as exc:
         print(f"python -m benchmarks: {exc}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     info = report.machine(config)
     result = harness.run(config)
     json_path, md_path, markdown = report.write(result, info)
     print(markdown)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the harness stops every worker it started."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ ROUND_TRIP_TIMEOUT = 10.0
 
 log = logging.getLogger("benchmarks")
 
+_ALL = (
+    "enqueue_delay",
+    "enqueue_batch",
+    "drain",
+    "drain_wall",
+    "round_trip_p50",
+    "round_trip_p99",
+    "chord",
+    "idle_rss",
+    "idle_processes",
+)
+"""Every key a cycle reports: the table's workloads plus ``drain_wall`` and ``idle_processes``."""
+
 
 def run_cycle(runner: Runner, config: BenchConfig, counter: Counter) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
@@ -78,19 +91,6 @@ def run_cycle(runner: Runner, config: BenchConfig, counter: Counter) -> dict[str
         outcomes["drain"] = outcomes["drain_wall"] = "n/a (the batch enqueue failed)"
     runner.purge()
     return outcomes
-
-
-_ALL = (
-    "enqueue_delay",
-    "enqueue_batch",
-    "drain",
-    "drain_wall",
-    "round_trip_p50",
-    "round_trip_p99",
-    "chord",
-    "idle_rss",
-    "idle_processes",
-)
 
 
 def _measure(

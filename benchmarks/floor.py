@@ -72,6 +72,8 @@ def amqp_floors(amqp_url: str, redis_url: str, payload: bytes, count: int) -> di
         confirmed = _rate(
             _publisher(confirmed_channel, persistent, payload), min(count, CONFIRMED_MAX)
         )
+        channel.queue_purge(FLOOR_QUEUE)
+        publish(count)
         for _ in range(CONSUMERS):
             channel.basic_publish("", FLOOR_QUEUE, SENTINEL, persistent)
         control.delete(READY_KEY, GO_KEY)

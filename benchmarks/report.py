@@ -148,7 +148,8 @@ def _target_text(workload: Workload, checks: list[dict[str, Any]]) -> str:
     for check in checks:
         sign = "≥" if workload.higher_is_better else "≤"
         bound = check["bound"]
-        shown = f"{bound:g}" if bound >= 1 else f"1/{round(1 / bound)}"
+        inverse = 1 / bound
+        shown = f"1/{round(inverse)}" if bound < 1 and inverse == round(inverse, 6) else f"{bound:g}"
         verdict = {True: "met", False: "MISSED", None: "not measured"}[check["met"]]
         parts.append(f"{sign}{shown} {check['peer']}: {verdict}")
     return "; ".join(parts)

@@ -41,11 +41,16 @@ def register_builtins(app: Taskframe) -> Task[Any, Any]:
         return args[index] if index is not None else list(args)
 
     @app.task(
-        name=UNLOCK_TASK, bind=True, max_retries=None, ignore_result=True, typing=False,
+        name=UNLOCK_TASK,
+        bind=True,
+        max_retries=None,
+        ignore_result=True,
+        typing=False,
         default_retry_delay=app.conf.result_chord_retry_interval,
     )
     def chord_unlock(
         self: Task[Any, Any],
+        /,
         group_id: str,
         callback: dict[str, Any],
         interval: float | None = None,

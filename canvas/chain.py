@@ -40,7 +40,7 @@ def steps_from(tasks: tuple[Any, ...]) -> list[Any]:
 
 
 @register_type("chain")
-class chain(Signature):  # noqa: N801 - Celery's name
+class chain(Signature):
     """``chain(a.s(), b.s(), c.s())`` or ``a.s() | b.s() | c.s()``."""
 
     def __init__(self, *tasks: Any, app: Taskframe | None = None, **options: Any) -> None:
@@ -113,8 +113,9 @@ class chain(Signature):  # noqa: N801 - Celery's name
         )
         if not results:
             raise ValueError("cannot freeze an empty chain")
-        self.options["task_id"] = results[0].id
-        return results[0]
+        last: AsyncResult[Any] | GroupResult = results[0]
+        self.options["task_id"] = last.id
+        return last
 
     def apply_async(
         self,
@@ -168,7 +169,9 @@ class chain(Signature):  # noqa: N801 - Celery's name
 
         app = self.app
         steps: deque[Any] = deque(self.tasks)
-        errbacks = link_error if isinstance(link_error, list) else [link_error] if link_error else []
+        errbacks = (
+            link_error if isinstance(link_error, list) else [link_error] if link_error else []
+        )
         tasks: list[Signature] = []
         results: list[Any] = []
         previous: Signature | None = None

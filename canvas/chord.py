@@ -44,7 +44,7 @@ UNLOCK_COUNTDOWN = 1.0
 
 
 @register_type("chord")
-class chord(Signature):  # noqa: N801 - Celery's name
+class chord(Signature):
     """``chord([add.s(1, 1), add.s(2, 2)], tsum.s())()`` or ``chord(header)(body)``."""
 
     def __init__(
@@ -69,7 +69,11 @@ class chord(Signature):  # noqa: N801 - Celery's name
         super().__init__(
             task,
             args,
-            {"kwargs": dict(kwargs or {}), "header": header_group, "body": maybe_signature(body, app)},
+            {
+                "kwargs": dict(kwargs or {}),
+                "header": header_group,
+                "body": maybe_signature(body, app),
+            },
             options,
             subtask_type="chord",
             app=app,
@@ -141,7 +145,7 @@ class chord(Signature):  # noqa: N801 - Celery's name
         parent_id: str | None = None,
         group_index: int | None = None,
     ) -> AsyncResult[Any] | GroupResult:
-        """Freeze the header (its id becomes the chord's) and the body; returns the body's result."""
+        """Freeze the header (its id becomes the chord's) and the body; returns the body result."""
         header = self.header
         header_result = header.freeze(root_id=root_id, parent_id=parent_id)
         self.options["task_id"] = header_result.id
@@ -276,25 +280,34 @@ def complete_chord(app: Taskframe, request: Context, parts: Sequence[bytes]) -> 
 
 
 def fail_chord(app: Taskframe, body: Signature, failed_id: str, value: Any) -> None:
-    """Store ``ChordError`` as the body's result and run its errbacks once with it."""
+    """Store ``ChordError`` as the body's result and run its errbacks once with it.
+
+    A chain body fails as a whole: every step stores the error (as Celery fails the rest of
+    a chain), and the errbacks are the chain's own plus those of its first step."""
     original = exception_from_dict(value) if isinstance(value, dict) else value
     error = ChordError(f"Dependency {failed_id} raised {original!r}")
     logger.error("chord body %s[%s] not run: %s", body.task, body.id, error)
-    errbacks = body.options.get("link_error") or []
+    steps = body.tasks if isinstance(body, chain) else [body]
+    errbacks = list(body.options.get("link_error") or [])
+    if isinstance(body, chain) and steps:
+        errbacks += steps[0].options.get("link_error") or []
     request = Context(
         id=body.id,
         task=body.task,
         args=list(body.args),
         kwargs=dict(body.kwargs),
-        errbacks=[dict(e) for e in errbacks],
+        errbacks=[dict(errback) for errback in errbacks],
         called_directly=False,
     )
-    if body.id is not None:
-        app.store_result(body.id, states.FAILURE, error, request=None)
+    for step_id in {step.id for step in steps} | {body.id}:
+        if step_id is not None:
+            app.store_result(step_id, states.FAILURE, error, request=None)
     send_errbacks(app, request, error, None)
 
 
-def send_errbacks(app: Taskframe, request: Context, error: BaseException, trace: str | None) -> None:
+def send_errbacks(
+    app: Taskframe, request: Context, error: BaseException, trace: str | None
+) -> None:
     """Run errbacks taking ``(request, exc, traceback)`` inline, send the others the task id."""
     for errback in request.errbacks or ():
         signature = from_dict(errback, app)
@@ -303,7 +316,9 @@ def send_errbacks(app: Taskframe, request: Context, error: BaseException, trace:
             try:
                 signature(request, error, trace)
             except Exception:
-                logger.exception("errback %s of task %s[%s] failed", signature.task, request.task, request.id)
+                logger.exception(
+                    "errback %s of task %s[%s] failed", signature.task, request.task, request.id
+                )
             continue
         signature.apply_async((request.id,), parent_id=request.id, root_id=request.root_id)
 
@@ -315,7 +330,8 @@ def takes_request_exc_traceback(task: Any) -> bool:
     except (TypeError, ValueError):
         return False
     positional = [
-        p for p in parameters
+        p
+        for p in parameters
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
     return len(positional) > 1 or any(p.kind == p.VAR_POSITIONAL for p in positional)

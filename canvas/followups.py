@@ -39,7 +39,7 @@ def _child(result: Any) -> ChildTuple:
 def on_success(app: Taskframe, request: Context, retval: Any) -> list[ChildTuple]:
     """Send callbacks and the chain's next step; returns them as Celery's children tuples."""
     children: list[ChildTuple] = []
-    lineage = {"parent_id": request.id, "root_id": request.root_id or request.id}
+    lineage: dict[str, Any] = {"parent_id": request.id, "root_id": request.root_id or request.id}
     for callback in request.callbacks or ():
         children.append(_child(from_dict(callback, app).apply_async((retval,), **lineage)))
     if request.chain:

@@ -29,7 +29,7 @@ PUBLISH_BATCH = 500
 
 
 @register_type("group")
-class group(Signature):  # noqa: N801 - Celery's name
+class group(Signature):
     """``group(add.s(1, 1), add.s(2, 2))`` or ``group(add.s(i, i) for i in range(10))``."""
 
     def __init__(self, *tasks: Any, app: Taskframe | None = None, **options: Any) -> None:
@@ -102,7 +102,10 @@ class group(Signature):  # noqa: N801 - Celery's name
             copy = member.clone(args, kwargs)
             results.append(
                 copy.freeze(
-                    group_id=group_id, chord=chord, root_id=root_id, parent_id=parent_id,
+                    group_id=group_id,
+                    chord=chord,
+                    root_id=root_id,
+                    parent_id=parent_id,
                     group_index=index,
                 )
             )
@@ -171,9 +174,7 @@ class group(Signature):  # noqa: N801 - Celery's name
     ) -> GroupResult:
         """Run every member here, in order."""
         group_key = self.options.get("task_id") or str(uuid.uuid4())
-        results = [
-            member.clone(args, kwargs).apply(**options) for member in self.members()
-        ]
+        results = [member.clone(args, kwargs).apply(**options) for member in self.members()]
         return self.app.GroupResult(group_key, results)
 
 
@@ -200,8 +201,13 @@ def publish_signatures(
         )
         if signals.before_task_publish.has_receivers():
             signals.before_task_publish.send(
-                sender=signature.task, body=message.body, exchange="", routing_key=queue,
-                headers=message.headers, properties=message.properties, declare=[],
+                sender=signature.task,
+                body=message.body,
+                exchange="",
+                routing_key=queue,
+                headers=message.headers,
+                properties=message.properties,
+                declare=[],
                 retry_policy=None,
             )
         batch.append((queue, message, delay, message.priority))
@@ -217,6 +223,9 @@ def _flush(app: Taskframe, batch: list[tuple[str, Message, float, int | None]]) 
     if signals.after_task_publish.has_receivers():
         for queue, message, _, _ in batch:
             signals.after_task_publish.send(
-                sender=message.headers.get("task"), body=message.body, exchange="",
-                routing_key=queue, headers=message.headers,
+                sender=message.headers.get("task"),
+                body=message.body,
+                exchange="",
+                routing_key=queue,
+                headers=message.headers,
             )

@@ -14,7 +14,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from taskframe.canvas.group import group
-from taskframe.canvas.signature import Signature, from_dict, register_type, to_plain
+from taskframe.canvas.signature import Signature, from_dict, register_type
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
@@ -27,7 +27,7 @@ def _task_app(task: Any, app: Taskframe | None) -> Taskframe | None:
     return app or getattr(task, "_app", None)
 
 
-class _basemap(Signature):  # noqa: N801 - Celery's shape
+class _basemap(Signature):
     task_name = ""
 
     def __init__(
@@ -62,10 +62,20 @@ class _basemap(Signature):  # noqa: N801 - Celery's shape
 
         register_builtins(self.app)
         plain = Signature(
-            self.task, (), to_plain(self.kwargs), {**self.options, **options}, immutable=True,
+            self.task,
+            (),
+            self._message_kwargs(),
+            {**self.options, **options},
+            immutable=True,
             app=self._app,
         )
         return plain.apply_async()
+
+    def _message_kwargs(self) -> dict[str, Any]:
+        """``task`` as a dict whose args stay a tuple and items as given, so the message's
+        ``kwargsrepr`` reads exactly as Celery's."""
+        task = self.kwargs["task"]
+        return {"task": {**task.as_dict(), "args": tuple(task.args)}, "it": self.kwargs["it"]}
 
     def apply(
         self,
@@ -74,20 +84,20 @@ class _basemap(Signature):  # noqa: N801 - Celery's shape
         **options: Any,
     ) -> Any:
         plain = Signature(
-            self.task, (), to_plain(self.kwargs), self.options, immutable=True, app=self._app
+            self.task, (), self._message_kwargs(), self.options, immutable=True, app=self._app
         )
         return plain.apply(**options)
 
 
 @register_type("xmap")
-class xmap(_basemap):  # noqa: N801 - Celery's name
+class xmap(_basemap):
     """``task.map(it)``: ``[task(item) for item in it]`` in one message."""
 
     task_name = "celery.map"
 
 
 @register_type("xstarmap")
-class xstarmap(_basemap):  # noqa: N801 - Celery's name
+class xstarmap(_basemap):
     """``task.starmap(it)``: ``[task(*item) for item in it]`` in one message."""
 
     task_name = "celery.starmap"
@@ -100,7 +110,7 @@ def _parts(it: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 @register_type("chunks")
-class chunks(Signature):  # noqa: N801 - Celery's name
+class chunks(Signature):
     """``task.chunks(it, n)``: the items in parts of ``n``, each part one starmap message."""
 
     def __init__(
@@ -123,14 +133,19 @@ class chunks(Signature):  # noqa: N801 - Celery's name
     def from_wire(cls, value: Mapping[str, Any], app: Taskframe | None) -> Signature:
         inner = value.get("kwargs") or {}
         return cls(
-            inner["task"], inner.get("it", ()), int(inner["n"]), app=app,
+            inner["task"],
+            inner.get("it", ()),
+            int(inner["n"]),
+            app=app,
             **dict(value.get("options") or {}),
         )
 
     def group(self) -> group:
         """The group of starmap signatures this stands for."""
         task, it, size = self.kwargs["task"], self.kwargs["it"], self.kwargs["n"]
-        return group([xstarmap(task, part, app=self._app) for part in _parts(it, size)], app=self._app)
+        return group(
+            [xstarmap(task, part, app=self._app) for part in _parts(it, size)], app=self._app
+        )
 
     def __call__(self, **options: Any) -> GroupResult:
         return self.apply_async(**options)

@@ -120,7 +120,8 @@ class Signature(Mapping[str, Any]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
-            return self.as_dict() == to_plain({key: other.get(key) for key in _KEYS})
+            same: bool = self.as_dict() == to_plain({key: other.get(key) for key in _KEYS})
+            return same
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like Celery's signature
@@ -262,8 +263,9 @@ class Signature(Mapping[str, Any]):
         args: Sequence[Any] | None = None,
         kwargs: Mapping[str, Any] | None = None,
         **options: Any,
-    ) -> EagerResult[Any]:
-        """Run the call in this process (eagerly), as a worker would."""
+    ) -> Any:
+        """Run the call in this process (eagerly), as a worker would; composite signatures
+        return their own result kind (a GroupResult for a group)."""
         call = self.clone(args, kwargs, **options) if (args or kwargs or options) else self
         result: EagerResult[Any] = self.app.get_task(call.task).apply(
             call.args, call.kwargs, **call.options

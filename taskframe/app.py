@@ -33,6 +33,7 @@ from taskframe.timeutils import deadline_from, seconds_until, utcnow
 if TYPE_CHECKING:
     from taskframe import result as results
     from taskframe.canvas.signature import Signature
+    from taskframe.control import Control
 
 __all__ = ["Celery", "Taskframe", "shared_task"]
 
@@ -271,6 +272,9 @@ class Taskframe:
         if self._finalized:
             return
         self._finalized = True
+        from taskframe.canvas.builtins import register_builtins
+
+        register_builtins(self)
         for module_name in (*self.conf.imports, *self.conf.include):
             importlib.import_module(module_name)
         for factory in shared_factories[self._shared_seen :]:
@@ -530,6 +534,13 @@ class Taskframe:
         from taskframe.canvas.signature import Signature
 
         return Signature(name, tuple(args), kwargs or {}, options, app=self)
+
+    @property
+    def control(self) -> Control:
+        """Remote control of running workers: ``app.control.revoke(task_id)``, ``ping()``..."""
+        from taskframe.control import Control
+
+        return Control(self)
 
     def test_worker(self, **options: Any) -> Any:
         """An in-process worker for tests: ``with app.test_worker(): ...``."""

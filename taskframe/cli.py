@@ -106,9 +106,12 @@ def run() -> None:
 
 
 def _register_subcommands() -> None:
+    from taskframe.worker.admin_cli import dlq, revoke
     from taskframe.worker.cli import worker
 
     main.add_command(worker)
+    main.add_command(revoke)
+    main.add_command(dlq)
 
     from taskframe.beat.cli import beat
 

@@ -41,7 +41,9 @@ def find_app(name: str) -> Taskframe:
     if app is None:
         try:
             app = _app_in(importlib.import_module(f"{module_name}.celery"))
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{module_name}.celery":
+                raise click.UsageError(f"cannot import {module_name}.celery: {exc}") from exc
             app = None
     if app is None:
         raise click.UsageError(

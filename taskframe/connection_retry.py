@@ -112,6 +112,7 @@ def reconnect(
     """After ``error`` broke a working connection: say so in one line, then reconnect."""
     logger.error("lost the broker connection: %s; reconnecting", error)
     connect_with_retry(broker, policy, logger, stopping=stopping)
+    logger.info("reconnected to the broker")
 
 
 def _pause(seconds: float, stopping: Callable[[], bool], sleep: Callable[[float], None]) -> None:

@@ -71,12 +71,14 @@ class Control:
                 "controlled remotely; use a broker with broadcast (sqlite, redis, amqp)"
             )
         reply_to = f"{REPLY_PREFIX}{uuid.uuid4().hex}" if reply else None
-        payload = json.dumps({
-            "command": command,
-            "arguments": arguments or {},
-            "destination": list(destination) if destination else None,
-            "reply_to": reply_to,
-        }).encode()
+        payload = json.dumps(
+            {
+                "command": command,
+                "arguments": arguments or {},
+                "destination": list(destination) if destination else None,
+                "reply_to": reply_to,
+            }
+        ).encode()
         if reply_to is None:
             broker.broadcast(CONTROL_CHANNEL, payload)
             return []
@@ -112,12 +114,15 @@ class Control:
         expires_at = time.time() + (expires if expires is not None else REVOKE_EXPIRES)
         persist_revoked(self.app, ids, expires_at)
         if self.app.broker.capabilities.broadcast:
-            self.broadcast("revoke", {
-                "ids": ids,
-                "terminate": terminate,
-                "signal": signal_number(signal),
-                "expires_at": expires_at,
-            })
+            self.broadcast(
+                "revoke",
+                {
+                    "ids": ids,
+                    "terminate": terminate,
+                    "signal": signal_number(signal),
+                    "expires_at": expires_at,
+                },
+            )
 
     def terminate(self, task_id: str | Sequence[str], signal: str | int = "SIGTERM") -> None:
         self.revoke(task_id, terminate=True, signal=signal)
@@ -125,15 +130,24 @@ class Control:
     def ping(
         self, destination: Sequence[str] | None = None, timeout: float = 1.0
     ) -> list[dict[str, Any]]:
-        return self.broadcast("ping", destination=destination, reply=True, timeout=timeout)
+        return self.broadcast(
+            "ping",
+            destination=destination,
+            reply=True,
+            timeout=timeout,
+            limit=len(destination) if destination else None,
+        )
 
     def rate_limit(
-        self, task_name: str, rate_limit: str | float | None,
+        self,
+        task_name: str,
+        rate_limit: str | float | None,
         destination: Sequence[str] | None = None,
     ) -> None:
         """Change a task's rate limit on running workers (until they restart)."""
         self.broadcast(
-            "rate_limit", {"task_name": task_name, "rate_limit": rate_limit},
+            "rate_limit",
+            {"task_name": task_name, "rate_limit": rate_limit},
             destination=destination,
         )
 
@@ -141,25 +155,24 @@ class Control:
         """Ask workers for a warm shutdown."""
         self.broadcast("shutdown", destination=destination)
 
-    def inspect(
-        self, destination: Sequence[str] | None = None, timeout: float = 1.0
-    ) -> Inspect:
+    def inspect(self, destination: Sequence[str] | None = None, timeout: float = 1.0) -> Inspect:
         return Inspect(self, destination, timeout)
 
 
 class Inspect:
     """Questions to running workers; each answer is ``{hostname: result}``, None if none."""
 
-    def __init__(
-        self, control: Control, destination: Sequence[str] | None, timeout: float
-    ) -> None:
+    def __init__(self, control: Control, destination: Sequence[str] | None, timeout: float) -> None:
         self.control = control
         self.destination = destination
         self.timeout = timeout
 
     def _ask(self, command: str) -> dict[str, Any] | None:
         answers = self.control.broadcast(
-            command, destination=self.destination, reply=True, timeout=self.timeout,
+            command,
+            destination=self.destination,
+            reply=True,
+            timeout=self.timeout,
             limit=len(self.destination) if self.destination else None,
         )
         merged: dict[str, Any] = {}

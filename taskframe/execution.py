@@ -185,7 +185,10 @@ class _Run:
             if isinstance(error, TaskRevokedError):
                 self.app.store_result(self.message.id, states.REVOKED, error, request=None)
                 signals.task_revoked.send(
-                    sender=task, request=self.message, terminated=True, signum=None,
+                    sender=task,
+                    request=self.message,
+                    terminated=True,
+                    signum=None,
                     expired=False,
                 )
                 return self._finish(task, states.REVOKED, error, None, ACK, "terminated")
@@ -362,11 +365,17 @@ def revoked_outcome(
     error = TaskRevokedError(reason)
     app.store_result(message.id, states.REVOKED, error, request=None)
     signals.task_revoked.send(
-        sender=app.tasks.get(message.task), request=message, terminated=terminated,
-        signum=signum, expired=reason == "expired",
+        sender=app.tasks.get(message.task),
+        request=message,
+        terminated=terminated,
+        signum=signum,
+        expired=reason == "expired",
     )
     logger.info(
-        "Discarding %s %s[%s]", reason, message.task, message.id,
+        "Discarding %s %s[%s]",
+        reason,
+        message.task,
+        message.id,
         extra={"task_name": message.task, "task_id": message.id},
     )
     return Outcome(message.id, message.task, states.REVOKED, 0.0, exception=error, reason=reason)
@@ -382,9 +391,7 @@ def fail_unfinished(
 ) -> Outcome:
     """Store the failure of a run that could not finish (its process died or was killed at
     the hard time limit): state, errbacks, chord part, hooks and signals, as for a raise."""
-    request = build_request(
-        message, hostname=hostname, delivery_info=delivery_info, is_eager=False
-    )
+    request = build_request(message, hostname=hostname, delivery_info=delivery_info, is_eager=False)
     run = _Run(app, message, request)
     try:
         task = app.get_task(message.task)
@@ -455,9 +462,7 @@ async def execute_async(
                 import contextvars
 
                 context = contextvars.copy_context()
-                retval = await run_sync(
-                    lambda: context.run(task, *message.args, **message.kwargs)
-                )
+                retval = await run_sync(lambda: context.run(task, *message.args, **message.kwargs))
             else:
                 retval = task(*message.args, **message.kwargs)
         except asyncio.CancelledError as cancelled:

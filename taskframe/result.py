@@ -196,7 +196,9 @@ class AsyncResult(ResultBase, Generic[R]):
             if failure is not None:
                 raise failure
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            step = PARENT_CHECK_INTERVAL if remaining is None else min(remaining, PARENT_CHECK_INTERVAL)
+            step = PARENT_CHECK_INTERVAL
+            if remaining is not None:
+                step = min(remaining, step)
             payload = backend.wait(
                 self.id, step, lambda data: is_ready_payload(data, serializer),
                 interval=min(interval, 0.05),
@@ -401,7 +403,9 @@ class GroupResult(ResultBase):
         self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, **_: Any
     ) -> list[Any]:
         if all(type(result) is AsyncResult and result.parent is None for result in self.results):
-            return self.join_native(timeout=timeout, propagate=propagate, interval=min(interval, 0.1))
+            return self.join_native(
+                timeout=timeout, propagate=propagate, interval=min(interval, 0.1)
+            )
         return self.join(timeout=timeout, propagate=propagate, interval=interval)
 
     def join(
@@ -431,7 +435,7 @@ class GroupResult(ResultBase):
         while pending:
             payloads = backend.get_many([self.results[index].id for index in pending])
             still: list[int] = []
-            for index, payload in zip(pending, payloads):
+            for index, payload in zip(pending, payloads, strict=True):
                 meta = decode_meta(payload, serializer) if payload is not None else None
                 if meta is not None and meta["status"] in states.READY_STATES:
                     metas[index] = meta

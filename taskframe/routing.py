@@ -42,8 +42,12 @@ class Router:
             return {"queue": options["routing_key"]}
         for route in self._routes:
             answer = route(name, args, kwargs, options, task=task)
+            if isinstance(answer, str):
+                return {"queue": answer}
             if answer:
-                return {"queue": answer} if isinstance(answer, str) else dict(answer)
+                found = dict(answer)
+                found.setdefault("queue", found.get("routing_key"))
+                return found
         task_queue = getattr(task, "queue", None) or getattr(task, "routing_key", None)
         return {"queue": task_queue or self.default_queue}
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, ParamSpec, TypeVar
 
-from taskframe.context import Context, current_request
+from taskframe.context import Context, current_request, request_context
 from taskframe.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
@@ -67,8 +67,15 @@ class Task(Generic[P, R]):
         raise NotImplementedError(f"task {self.name!r} has no body")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the task here and now, like calling the function."""
-        return self.run(*args, **kwargs)
+        """Run the task here and now, like calling the function.
+
+        Called directly inside another task's run, it gets a request of its own
+        (``called_directly``), so it never mistakes the caller's id or retries for its own."""
+        caller = current_request()
+        if caller is None or caller.task == self.name:
+            return self.run(*args, **kwargs)
+        with request_context(Context(task=self.name, args=list(args), kwargs=dict(kwargs))):
+            return self.run(*args, **kwargs)
 
     @property
     def request(self) -> Context:
@@ -274,8 +281,9 @@ class Task(Generic[P, R]):
 
     def retry_countdown(self, retries: int) -> float:
         """Seconds before autoretry number ``retries`` + 1, from the backoff options."""
-        if self.backoff_strategy is not None:
-            return float(self.backoff_strategy(retries))
+        strategy = type(self).backoff_strategy  # the plain function, not bound to the task
+        if strategy is not None:
+            return float(strategy(retries))
         if not self.retry_backoff:
             return float(self.retry_kwargs.get("countdown", self.default_retry_delay))
         factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
@@ -301,7 +309,7 @@ class Task(Generic[P, R]):
             "task_id": request.id,
             "retries": request.retries + 1,
             "root_id": request.root_id,
-            "parent_id": request.id,
+            "parent_id": request.parent_id or request.id,
             "group_id": request.group,
             "group_index": request.group_index,
             "origin": request.origin,

@@ -6,9 +6,12 @@
         with app.test_worker():
             assert add.delay(2, 2).get(timeout=5) == 4
 
-``test_worker`` runs a real :class:`~taskframe.worker.Worker` (threads pool by default) in a
-background thread of the test process, against the app's own broker, so tests exercise the
-same path as production. ``eager(app)`` switches ``task_always_eager`` on for a block.
+``test_worker`` runs a real :class:`~taskframe.worker.Worker` (threads pool by default; also
+``solo`` and ``asyncio``) in a background thread of the test process, against the app's own
+broker (``memory://`` is the quickest), so tests exercise the same path as production:
+retries, dead letters, time limits, revokes. ``worker.join()`` waits until the queues are
+empty and nothing is held, delayed retries included. ``eager(app)`` switches
+``task_always_eager`` on for a block: tasks run in place, no worker at all.
 """
 
 from __future__ import annotations

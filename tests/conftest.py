@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +84,45 @@ def rabbitmq_url() -> str:
 
 
 @pytest.fixture(scope="session")
+def amqp_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this test session (rabbitmqctl), deleted with all it holds at the
+    end, so Celery's default queue names never touch the shared default vhost."""
+    require_server("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        if IN_CI:
+            pytest.fail("rabbitmqctl is needed to create the test vhost")
+        pytest.skip("rabbitmqctl is not installed: cannot create an isolated test vhost")
+    vhost = f"taskframe-test-{uuid.uuid4().hex[:10]}"
+    for args in (["add_vhost", vhost], ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"]):
+        subprocess.run([ctl, "-q", *args], check=True, capture_output=True, timeout=60)
+    yield vhost
+    subprocess.run([ctl, "-q", "delete_vhost", vhost], check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def amqp_url(amqp_vhost: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session vhost with queues declared with ``x-max-priority`` 9; every queue a broker
+    in this process declares during the test is deleted after it (with its DLQ and delays)."""
+    from taskframe.brokers.rabbitmq.broker import RabbitMQBroker
+
+    declared: set[str] = set()
+    declare = RabbitMQBroker._declare
+
+    def recording(broker: RabbitMQBroker, session: Any, queue: str) -> None:
+        declared.add(queue)
+        declare(broker, session, queue)
+
+    monkeypatch.setattr(RabbitMQBroker, "_declare", recording)
+    url = f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}/{amqp_vhost}?max_priority=9"
+    yield url
+    cleaner = RabbitMQBroker(url)
+    for queue in sorted(declared):
+        cleaner.delete_queue(queue)
+    cleaner.close()
+
+
+@pytest.fixture(scope="session")
 def sqs_endpoint() -> Iterator[str]:
     """A real SQS-compatible server (moto) on a free loopback port, for the whole session."""
     executable = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
@@ -102,6 +142,14 @@ def sqs_endpoint() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture
+def sqs_url(sqs_endpoint: str) -> str:
+    """The moto server as kombu spells it (host:port = http endpoint), with a queue-name
+    prefix of its own so this test's queues are not another's."""
+    host = sqs_endpoint.removeprefix("http://")
+    return f"sqs://test:test@{host}/?queue_name_prefix=t{uuid.uuid4().hex[:10]}-"
 
 
 @pytest.fixture

@@ -210,6 +210,7 @@ def test_shared_task_runs_on_an_app_created_later(memory_url: str) -> None:
     [
         ({"proj.a": {"queue": "qa"}}, {"proj.a": "qa", "proj.b": "celery"}),
         ({"proj.*": "glob"}, {"proj.a": "glob", "proj.b": "glob"}),
+        ({"proj.b": {"routing_key": "by_key"}}, {"proj.a": "celery", "proj.b": "by_key"}),
         ({re.compile(r"proj\.b"): {"queue": "regex"}}, {"proj.a": "celery", "proj.b": "regex"}),
         (
             lambda name, args, kwargs, options, task=None, **kw: (
@@ -222,7 +223,7 @@ def test_shared_task_runs_on_an_app_created_later(memory_url: str) -> None:
             {"proj.a": "first", "proj.b": "second"},
         ),
     ],
-    ids=["dict", "glob", "regex", "function", "list"],
+    ids=["dict", "glob", "routing_key", "regex", "function", "list"],
 )
 def test_task_routes(routes: Any, expected: dict[str, str], broker_url: str) -> None:
     app = Taskframe("proj", broker=broker_url)

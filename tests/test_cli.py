@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -267,3 +268,19 @@ def test_taskframe_errors_print_one_line_and_exit_1(project: Callable[..., str])
     assert completed.stderr.startswith("Error: unknown broker URL scheme 'nosuch'")
     assert "Traceback" not in completed.stderr
     assert json.dumps("sqlite://")[1:-1] in completed.stderr
+
+
+def test_an_import_error_inside_the_celery_submodule_is_not_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    package = f"tfpkg_{uuid.uuid4().hex[:10]}"
+    (tmp_path / package).mkdir()
+    (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / package / "celery.py").write_text("import tf_missing_dependency_xyz\n")
+
+    try:
+        with pytest.raises(click.UsageError, match="tf_missing_dependency_xyz"):
+            find_app(package)
+    finally:
+        sys.modules.pop(package, None)

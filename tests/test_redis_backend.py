@@ -129,3 +129,18 @@ def test_chord_waits_for_a_celery_claim_in_progress(
     backend.chord_start("g3", 1, expires=None)
     raw.set("celery-taskset-meta-g3.c", "celery-worker-token", ex=6)
     assert backend.chord_part_done("g3", 0, b'[1, "t", "SUCCESS", 1]', expires=None) is None
+
+
+def test_parts_before_celery_sets_the_size_are_kept(redis_url: str) -> None:
+    # Given a chord whose producer (Celery 5.7) sets .s only before its last header task
+    backend = RedisBackend(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    group_id = str(uuid.uuid4())
+    # When the first part finishes before the size is known
+    assert backend.chord_part_done(group_id, 0, b'[1, "a", "SUCCESS", 1]', expires=None) is None
+    client.set(f"celery-taskset-meta-{group_id}.s", 2)
+    # Then the last part completes the chord with both parts in order
+    parts = backend.chord_part_done(group_id, 1, b'[1, "b", "SUCCESS", 2]', expires=None)
+    assert parts == [b'[1, "a", "SUCCESS", 1]', b'[1, "b", "SUCCESS", 2]']
+    client.close()
+    backend.close()

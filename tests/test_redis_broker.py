@@ -23,7 +23,7 @@ from conftest import free_port, port_open, wait_for
 from taskframe.brokers.base import Delivery, Message, broker_from_url
 from taskframe.brokers.redis import RedisBroker
 from taskframe.brokers.redis.connection import parse_url
-from taskframe.exceptions import BrokerConnectionError, ImproperlyConfigured
+from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 pytestmark = pytest.mark.redis
 SEP = "\x06\x16"
@@ -177,6 +177,29 @@ def test_delayed_message_is_promoted_for_celery_workers_by_publishing(
     assert json.loads(raw.lindex("jobs", 0) or b"")["headers"]["id"] == "later"
 
 
+def test_promote_due_moves_every_due_message_at_once(
+    broker: RedisBroker, raw: redis.Redis[bytes]
+) -> None:
+    broker.publish_many([("jobs", task_message(f"d{n}"), 0.05, None) for n in range(150)])
+    broker.publish("jobs", task_message("not yet"), delay=3600)
+    wait_for(lambda: broker.promote_due() == 150)
+    assert raw.llen("jobs") == 150
+    assert raw.zcard("taskframe.delayed") == 1
+    assert broker.size("jobs") == 151
+
+
+def test_without_durable_delays_the_message_goes_out_at_once_with_its_eta(
+    redis_url: str, raw: redis.Redis[bytes]
+) -> None:
+    store = RedisBroker(redis_url, transport_options={"durable_delays": False})
+    message = task_message("held")
+    message.headers["eta"] = "2999-01-01T00:00:00+00:00"
+    store.publish("jobs", message, delay=60)
+    store.close()
+    assert raw.zcard("taskframe.delayed") == 0
+    assert json.loads(raw.lindex("jobs", 0) or b"")["headers"]["eta"] == message.headers["eta"]
+
+
 def test_blocking_receive_wakes_when_a_message_arrives(broker: RedisBroker, redis_url: str) -> None:
     producer = RedisBroker(redis_url)
     waiting = threading.Event()
@@ -297,8 +320,10 @@ def test_wrong_password_is_a_clear_error_without_the_password(
 ) -> None:
     port, _sock = private_redis
     store = RedisBroker(f"redis://default:wrong-pw@127.0.0.1:{port}/0")
-    with pytest.raises(BrokerConnectionError) as failure:
+    with pytest.raises(BrokerError) as failure:
         store.ensure_connection()
+    # Not a BrokerConnectionError: the server answered, so retrying cannot help
+    assert not isinstance(failure.value, BrokerConnectionError)
     message = str(failure.value)
     assert f"authentication failed for redis://default@127.0.0.1:{port}/0" in message
     assert "wrong-pw" not in message

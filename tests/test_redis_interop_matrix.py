@@ -33,6 +33,7 @@ DIRECTIONS = ("Celery → taskframe", "taskframe → Celery")
 COUNTDOWN = 2.0
 PRIORITY_QUEUE = "interop.prio"
 MATRIX: dict[str, dict[str, str]] = {direction: {} for direction in DIRECTIONS}
+SYMBOLS = {"ok": "✓", "-": "-"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,14 +43,14 @@ def print_matrix(request: pytest.FixtureRequest) -> Iterator[None]:
     lines = ["", "Redis interop matrix (✓ passed, ✗ failed, - not run)"]
     lines.append(f"{'':22}" + "".join(f"{cell:>13}" for cell in CELLS))
     for direction in DIRECTIONS:
-        marks = ["✓" if MATRIX[direction].get(c) == "ok" else "✗" if c in MATRIX[direction]
-                 else "-" for c in CELLS]  # fmt: skip
+        marks = [SYMBOLS.get(MATRIX[direction].get(cell, "-"), "✗") for cell in CELLS]
         lines.append(f"{direction:22}" + "".join(f"{mark:>13}" for mark in marks))
     for direction in DIRECTIONS:
         for cell, outcome in MATRIX[direction].items():
             if outcome != "ok":
                 lines.append(f"  {direction} / {cell}: {outcome}")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
+    assert capture is not None
     with capture.global_and_fixture_disabled():
         print("\n".join(lines), flush=True)
 

@@ -414,6 +414,9 @@ def test_signatures(app: Taskframe) -> None:
 def test_retry_keeps_id_and_root_and_sets_parent(
     app: Taskframe, published: list[dict[str, Any]]
 ) -> None:
+    """As Celery: a retry keeps the id and root; its parent is the original parent, or the
+    task itself when it had none."""
+
     @app.task(bind=True, max_retries=3)
     def flaky(self: Task[[], Any]) -> dict[str, Any]:
         if self.request.retries < 2:
@@ -422,13 +425,23 @@ def test_retry_keeps_id_and_root_and_sets_parent(
         return {"retries": request.retries, "root": request.root_id, "parent": request.parent_id}
 
     with app.test_worker():
-        result = flaky.apply_async(root_id="root-1", parent_id="parent-1")
-        assert result.get(timeout=10) == {"retries": 2, "root": "root-1", "parent": result.id}
+        top = flaky.delay()
+        assert top.get(timeout=10) == {"retries": 2, "root": top.id, "parent": top.id}
+        child = flaky.apply_async(root_id="root-1", parent_id="parent-1")
+        assert child.get(timeout=10) == {"retries": 2, "root": "root-1", "parent": "parent-1"}
 
-    sent = [h for h in published if h["id"] == result.id]
-    assert [h["retries"] for h in sent] == [0, 1, 2]
-    assert [h["root_id"] for h in sent] == ["root-1"] * 3
-    assert [h["parent_id"] for h in sent] == ["parent-1", result.id, result.id]
+    sent = [h for h in published if h["id"] == top.id]
+    assert [(h["retries"], h["root_id"], h["parent_id"]) for h in sent] == [
+        (0, top.id, None),
+        (1, top.id, top.id),
+        (2, top.id, top.id),
+    ]
+    sent = [h for h in published if h["id"] == child.id]
+    assert [(h["retries"], h["root_id"], h["parent_id"]) for h in sent] == [
+        (0, "root-1", "parent-1"),
+        (1, "root-1", "parent-1"),
+        (2, "root-1", "parent-1"),
+    ]
 
 
 def test_retry_stores_retry_state_with_the_reason(app: Taskframe) -> None:
@@ -553,3 +566,19 @@ def test_zlib_compression_round_trips_through_a_worker(app: Taskframe) -> None:
     with app.test_worker():
         assert echo.delay(payload).get(timeout=10) == payload
         assert echo.apply_async((payload,), compression="zlib").get(timeout=10) == payload
+
+
+def test_a_task_called_directly_inside_a_run_gets_its_own_request(app: Taskframe) -> None:
+    @app.task(bind=True)
+    def inner(self: Task[[int], Any], x: int) -> list[Any]:
+        request = self.request
+        return [request.id, request.called_directly, request.args, x]
+
+    @app.task(bind=True)
+    def outer(self: Task[[], Any]) -> list[Any]:
+        return [inner(5), self.request.id]
+
+    with app.test_worker():
+        result = outer.delay()
+        assert result.get(timeout=10) == [[None, True, [5], 5], result.id]
+    assert outer.apply().get()[0] == [None, True, [5], 5]

@@ -24,6 +24,9 @@ Broker options (``transport_options``):
 ``restore_batch``          100      messages restored per sweep
 ``unacked_mutex_expire``   300      s a sweep may hold ``unacked_mutex``
 ``promote_interval``       1.0      s between due-delay promotions run by ``publish``
+``durable_delays``         True     False: countdown/ETA messages go out at once with their
+                                    ``eta`` (for queues only Celery workers consume, since
+                                    nothing of taskframe runs there to promote due messages)
 ``fanout_prefix``          True     ``/{db}.`` before broadcast channels (False: none; str: it)
 =========================  =======  =============================================================
 
@@ -47,6 +50,13 @@ taskframe's own:
   Celery workers see a delayed message once it is due, as an ordinary message.
 * ``<queue>.dlq``: list of JSON ``{id, reason, failed_at, envelope}``, oldest first.
 * ``taskframe.rate.<key>``: token-bucket hash ``{tokens, stamp}``.
+
+Connection loss: acks that cannot reach Redis do not raise; they are kept and sent first by
+the next call that can (``ensure_connection`` included), so a restart does not turn an
+early-acked task into a redelivery. A message BRPOP took just before the connection broke is
+pushed back to the head of its list on reconnection. A wrong password or an ACL denial is a
+plain ``BrokerError`` (only ``BrokerConnectionError`` is worth retrying).
+``RedisBroker.promote_due()`` moves every due delayed message now.
 
 A list entry that is not a kombu envelope is not recorded as unacked; ``receive`` returns it
 with its raw bytes as the body, no headers and content type ``application/x-unknown``, for

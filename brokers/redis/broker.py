@@ -293,8 +293,11 @@ class RedisBroker(Broker):
                 other.ack()
 
     def _remove_unacked(self, deliveries: Sequence[RedisDelivery]) -> None:
-        """Acks that cannot reach Redis are kept and sent by the next call that can: a
-        restart must not turn an early-acked task into a redelivery an hour later."""
+        """Acks that cannot reach Redis are kept and sent first by the next call that can,
+        and do not raise: the worker goes on running what it acked, and a restart does not
+        turn an early-acked task into a redelivery an hour later. (A process that exits
+        before Redis is back leaves them unacked: they are redelivered, never lost.)"""
+        waiting = len(self._unsent_acks)
         tags = [*self._unsent_acks, *(d.tag for d in deliveries if d.tag)]
         self._unsent_acks = []
         if not tags:
@@ -305,15 +308,18 @@ class RedisBroker(Broker):
                 pipe.zrem(UNACKED_INDEX, *tags)
                 pipe.hdel(UNACKED, *tags)
                 pipe.execute()
-        except BrokerConnectionError:
+        except BrokerConnectionError as exc:
             self._unsent_acks = tags
-            raise
+            if not waiting:
+                log.warning("acks wait until Redis is back: %s", exc)
 
     def _recover(self) -> None:
         """Send acks kept while Redis was away, and put back a message BRPOP took just
         before the connection broke (at the head of its list, where it was)."""
         if self._unsent_acks:
             self._remove_unacked([])
+            if self._unsent_acks:
+                raise BrokerConnectionError(f"cannot reach Redis at {self.target.address}")
         if self._orphan is not None:
             key, item = self._orphan
             with translate_errors(self.target):
@@ -514,5 +520,7 @@ class RedisBroker(Broker):
         self._recover()
 
     def close(self) -> None:
+        if self._unsent_acks:
+            self._remove_unacked([])
         self.client.close()
         self.client.connection_pool.disconnect()

@@ -198,16 +198,13 @@ already stored (Celery 5.7's rule, so a duplicate run cannot overwrite a success
 
 CHORD_PART = """
 -- KEYS: .j, .t, .s, .d, group key, .c. ARGV: task id ('' if unknown), group index, part,
--- expiry ms (0: none). Returns 0 (counted or duplicate), -1 (never started), or the parts.
+-- expiry ms (0: none). Returns 0 (counted, duplicate, or size not yet set), or the parts.
 local jkey, tkey, skey, dkey, gkey, ckey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local index = ARGV[2]
 if redis.call('GET', ckey) == 'done' then
     return 0
 end
 local size = tonumber(redis.call('GET', skey))
-if not size then
-    return -1
-end
 local seen = ARGV[1] .. ':' .. index
 if redis.call('ZCOUNT', jkey, index, index) > 0 or redis.call('SISMEMBER', dkey, seen) == 1 then
     return 0
@@ -221,6 +218,9 @@ if ttl > 0 then
     for _, key in ipairs({jkey, tkey, skey, dkey, gkey}) do
         redis.call('PEXPIRE', key, ttl)
     end
+end
+if not size then
+    return 0  -- Celery 5.7 sets .s just before its last header task: count, but wait for it
 end
 local total = size + (tonumber(redis.call('GET', tkey)) or 0)
 if redis.call('ZCOUNT', jkey, '-inf', '+inf') < total then

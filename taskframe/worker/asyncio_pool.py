@@ -102,7 +102,10 @@ class AsyncioPool(Pool):
         soft = soft_limit(job, self.soft_time_limit)
         try:
             outcome = await execute_async(
-                self.app, message, hostname=self.hostname, delivery_info=job.delivery_info,
+                self.app,
+                message,
+                hostname=self.hostname,
+                delivery_info=job.delivery_info,
                 run_sync=lambda call: self._loop.run_in_executor(
                     self._executor, _run_with_soft_limit, call, soft
                 ),
@@ -110,7 +113,8 @@ class AsyncioPool(Pool):
         except asyncio.CancelledError as cancelled:
             reason = cancelled.args[0] if cancelled.args else None
             error: BaseException = (
-                TaskRevokedError("terminated") if reason == REVOKE_CANCEL
+                TaskRevokedError("terminated")
+                if reason == REVOKE_CANCEL
                 else WorkerLostError("cold shutdown")
             )
             self._reports.put(failed_report(job, error, time.monotonic() - started))
@@ -120,7 +124,9 @@ class AsyncioPool(Pool):
     def poll(self, timeout: float) -> list[Report]:
         reports: list[Report] = []
         try:
-            first = self._reports.get(timeout=timeout) if timeout > 0 else self._reports.get_nowait()
+            first = (
+                self._reports.get(timeout=timeout) if timeout > 0 else self._reports.get_nowait()
+            )
             reports.append(first)
             while True:
                 reports.append(self._reports.get_nowait())

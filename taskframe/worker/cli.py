@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,17 +19,30 @@ from taskframe.app import Taskframe
 from taskframe.cli_support import app_from_context, mask_url, setup_logging
 from taskframe.utils.log import TASK_LOGGER_NAME, TaskFormatter
 
+if TYPE_CHECKING:
+    from taskframe.worker.consumer import Worker
+
 __all__ = ["banner", "worker"]
 
 logger = logging.getLogger("taskframe.worker")
 
 
 @click.command()
-@click.option("-c", "--concurrency", type=int, help="Child processes, threads or coroutines "
-              "(default: CPUs; 100 for asyncio).")
-@click.option("-P", "--pool", type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
-              help="Pool implementation (default: worker_pool, prefork).")
-@click.option("-Q", "--queues", help="Comma-separated queues to consume (default: the default queue).")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    help="Child processes, threads or coroutines (default: CPUs; 100 for asyncio).",
+)
+@click.option(
+    "-P",
+    "--pool",
+    type=click.Choice(["prefork", "threads", "solo", "asyncio"]),
+    help="Pool implementation (default: worker_pool, prefork).",
+)
+@click.option(
+    "-Q", "--queues", help="Comma-separated queues to consume (default: the default queue)."
+)
 @click.option("-X", "--exclude-queues", default="", help="Comma-separated queues not to consume.")
 @click.option("-n", "--hostname", help="Node name (default: taskframe@<host>).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
@@ -38,15 +51,23 @@ logger = logging.getLogger("taskframe.worker")
 @click.option("--max-memory-per-child", type=int, help="Recycle a child past this many KiB.")
 @click.option("--time-limit", type=float, help="Hard time limit in seconds.")
 @click.option("--soft-time-limit", type=float, help="Soft time limit in seconds.")
-@click.option("-O", "optimization", type=click.Choice(["fair", "default"]), default="default",
-              help="fair: a child gets a task only when it is free (always true here).")
-@click.option("--shutdown-timeout", type=float, help="Seconds a warm shutdown waits for running "
-              "tasks (default: worker_shutdown_timeout, 30).")
+@click.option(
+    "-O",
+    "optimization",
+    type=click.Choice(["fair", "default"]),
+    default="default",
+    help="fair: a child gets a task only when it is free (always true here).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=float,
+    help="Seconds a warm shutdown waits for running tasks (default: worker_shutdown_timeout, 30).",
+)
 @click.option("--pidfile", type=click.Path(dir_okay=False))
 @click.option("--logfile", type=click.Path(dir_okay=False))
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 @click.pass_context
-def worker(ctx: click.Context, **options: Any) -> None:
+def worker(ctx: click.Context, /, **options: Any) -> None:
     """Start a worker."""
     from taskframe.worker import Worker
 
@@ -83,10 +104,10 @@ def worker(ctx: click.Context, **options: Any) -> None:
             os.unlink(options["pidfile"])
 
 
-def _install_signal_handlers(node: Any) -> None:
+def _install_signal_handlers(node: Worker) -> None:
     def shutdown(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
-        cold = node._stopping or signum == signal.SIGQUIT
+        cold = node.stopping or signum == signal.SIGQUIT
         logger.warning("%s shutdown (%s)", "cold" if cold else "warm", name)
         node.stop(cold=cold)
 
@@ -111,7 +132,7 @@ def _log_tasks_with_ids(app: Taskframe, logfile: str | None) -> None:
     task_logger.propagate = False
 
 
-def banner(app: Taskframe, node: Any) -> str:
+def banner(app: Taskframe, node: Worker) -> str:
     """The start-up banner, Celery's layout; passwords in URLs are masked."""
     tasks = "\n".join(f"  . {name}" for name in sorted(app.tasks) if not name.startswith("celery."))
     backend = app.result_backend_url or "disabled"

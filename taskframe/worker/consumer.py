@@ -6,7 +6,8 @@ not thread-safe). Each turn of the loop hands ready jobs to free pool slots, fet
 messages up to the prefetch limit (``prefetch_multiplier * concurrency`` messages held at
 most, running or not), and settles finished jobs; acks of one turn go out in one batch.
 
-Acknowledgement, derived once per task from Celery's booleans (:class:`AckMode`):
+Acknowledgement, derived once per task from Celery's booleans
+(:class:`~taskframe.worker.settle.AckMode`):
 
 * early (default): acked just before the job is handed to the pool (the batch of acks is
   flushed first), so a message held in the prefetch buffer is never acked: a worker that dies
@@ -42,7 +43,6 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -51,42 +51,28 @@ from taskframe.brokers.base import Delivery
 from taskframe.connection_retry import RetryPolicy, connect_with_retry, reconnect
 from taskframe.exceptions import (
     BrokerConnectionError,
-    ContentDisallowed,
     ImproperlyConfigured,
-    ProtocolError,
-    SerializationError,
-    TaskRevokedError,
-    WorkerLostError,
 )
-from taskframe.execution import DEAD_LETTER, REQUEUE, fail_unfinished, revoked_outcome
-from taskframe.protocol import TaskMessage, decode_task
 from taskframe.timeutils import utcnow
 from taskframe.worker.job import Job, Report
 from taskframe.worker.pools import Pool, SoloPool, ThreadPool
 from taskframe.worker.ratelimit import RateLimits
 from taskframe.worker.remote import ControlListener
 from taskframe.worker.revoke import Revoked
+from taskframe.worker.settle import Settler
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
 
-__all__ = ["AckMode", "Worker"]
+__all__ = ["Worker"]
 
 logger = logging.getLogger("taskframe.worker")
 
-IDLE_RECEIVE_TIMEOUT = 1.0
+IDLE_RECEIVE_TIMEOUT = 0.2
 BUSY_RECEIVE_TIMEOUT = 0.02
 POOL_WAIT = 0.2
-ACK_BATCH = 64
 DEFAULT_VISIBILITY_TIMEOUT = 3600.0
 POOLS = ("prefork", "threads", "solo", "asyncio")
-
-
-@dataclass(frozen=True)
-class AckMode:
-    late: bool
-    reject_on_worker_lost: bool
-    ack_failures: bool
 
 
 class Worker:
@@ -113,7 +99,9 @@ class Worker:
         conf = app.conf
         pool_name = pool or conf.worker_pool or "prefork"
         if pool_name not in POOLS:
-            raise ImproperlyConfigured(f"unknown pool {pool_name!r}; choose one of {', '.join(POOLS)}")
+            raise ImproperlyConfigured(
+                f"unknown pool {pool_name!r}; choose one of {', '.join(POOLS)}"
+            )
         if pool_name == "prefork" and app.broker_url.startswith("memory:"):
             raise ImproperlyConfigured(
                 "the memory:// broker lives inside one process, so prefork children cannot "
@@ -122,6 +110,8 @@ class Worker:
         self.app = app
         default_concurrency = 100 if pool_name == "asyncio" else os.cpu_count() or 1
         self.concurrency = concurrency or conf.worker_concurrency or default_concurrency
+        if pool_name == "solo":
+            self.concurrency = 1
         self.hostname = hostname or f"taskframe@{socket.gethostname()}"
         excluded = set(exclude_queues)
         self.queues = [q for q in (queues or [conf.task_default_queue]) if q not in excluded]
@@ -138,7 +128,11 @@ class Worker:
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         )
         self.pool = _make_pool(
-            pool_name, app, self.concurrency, self.hostname,
+            pool_name,
+            app,
+            self.concurrency,
+            self.hostname,
+            optimization == "fair",
             max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
             max_memory_per_child=max_memory_per_child or conf.worker_max_memory_per_child,
             time_limit=time_limit or conf.task_time_limit,
@@ -148,6 +142,7 @@ class Worker:
         self.rate_limits = RateLimits(app)
         self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.control = ControlListener(self)
+        self.pool.fork_lock = self.control.fork_lock
         self.ready = threading.Event()
         self.processed = 0
         self.totals: Counter[str] = Counter()
@@ -157,11 +152,9 @@ class Worker:
         self._jobs: dict[int, Job] = {}
         self._ready: deque[Job] = deque()
         self._waiting: list[tuple[float, int, Job]] = []
-        self._modes: dict[str, AckMode] = {}
-        self._to_ack: list[Delivery] = []
+        self.settler = Settler(app, self.hostname)
         self._next_number = 0
         self._stopping = False
-        self._cold = False
         visibility = _visibility_timeout(app)
         self._extend_every = visibility / 3 if app.broker.capabilities.extend_visibility else None
         self._visibility = visibility
@@ -185,8 +178,13 @@ class Worker:
         self.started_at = time.monotonic()
         self.ready.set()
         signals.worker_ready.send(sender=self)
-        logger.info("%s ready: queues %s, concurrency %s (%s)", self.hostname,
-                    ",".join(self.queues), self.concurrency, self.pool.name)
+        logger.info(
+            "%s ready: queues %s, concurrency %s (%s)",
+            self.hostname,
+            ",".join(self.queues),
+            self.concurrency,
+            self.pool.name,
+        )
         try:
             self._loop()
         finally:
@@ -194,8 +192,12 @@ class Worker:
 
     def stop(self, *, cold: bool = False) -> None:
         """Stop taking work: warm (running jobs finish) or ``cold`` (they are cut short)."""
-        self._cold = self._cold or cold
+        self.settler.cold = self.settler.cold or cold
         self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def restart_pool(self) -> None:
         """Replace the pool's processes once idle (SIGHUP); no message is dropped."""
@@ -241,7 +243,7 @@ class Worker:
                     self._settle(pool.poll(wait))
                 elif not received and room <= 0:
                     time.sleep(self._pool_wait(POOL_WAIT))
-                self._flush_acks()
+                self.settler.flush()
             except BrokerConnectionError as exc:
                 policy = RetryPolicy.from_conf(self.app.conf, startup=False)
                 reconnect(broker, policy, logger, exc, stopping=lambda: self._stopping)
@@ -298,25 +300,6 @@ class Worker:
         delivery.ack()
         return True
 
-    def mode(self, task_name: str) -> AckMode:
-        """The ack mode of a task, from its options or the app's settings (computed once)."""
-        mode = self._modes.get(task_name)
-        if mode is None:
-            conf = self.app.conf
-            task = self.app.tasks.get(task_name)
-
-            def option(name: str, setting: str) -> bool:
-                value = getattr(task, name, None) if task is not None else None
-                return bool(getattr(conf, setting) if value is None else value)
-
-            mode = AckMode(
-                late=option("acks_late", "task_acks_late"),
-                reject_on_worker_lost=option("reject_on_worker_lost", "task_reject_on_worker_lost"),
-                ack_failures=option("acks_on_failure_or_timeout", "task_acks_on_failure_or_timeout"),
-            )
-            self._modes[task_name] = mode
-        return mode
-
     def _dispatch(self) -> None:
         free = self.pool.free_slots()
         if free <= 0 or not self._ready:
@@ -328,16 +311,11 @@ class Worker:
                 self._discard(job, "revoked")
                 continue
             batch.append(job)
-            if not self.mode(job.task_name).late:
-                self._to_ack.append(self._held[job.number])
-        self._flush_acks()
+            if not self.settler.mode(job.task_name).late:
+                self.settler.ack(self._held[job.number])
+        self.settler.flush()
         for job in batch:
             self.pool.submit(job)
-
-    def _flush_acks(self) -> None:
-        if self._to_ack:
-            pending, self._to_ack = self._to_ack, []
-            self.app.broker.ack_many([d for d in pending if not d.settled])
 
     # -- settling ------------------------------------------------------------------------------
 
@@ -353,103 +331,22 @@ class Worker:
                 continue
             self.processed += 1
             self.totals[report.task_name] += 1
-            mode = self.mode(report.task_name)
-            if report.failure is not None:
-                self._settle_unfinished(report, delivery, mode)
-                continue
             if report.state == states.SUCCESS and logger.isEnabledFor(logging.INFO):
                 logger.info(
-                    "Task %s[%s] succeeded in %.6fs: %s", report.task_name, report.task_id,
-                    report.runtime, report.summary,
+                    "Task %s[%s] succeeded in %.6fs: %s",
+                    report.task_name,
+                    report.task_id,
+                    report.runtime,
+                    report.summary,
                     extra={"task_name": report.task_name, "task_id": report.task_id},
                 )
-            if report.settle == DEAD_LETTER:
-                if report.malformed:
-                    signals.task_rejected.send(sender=self, message=delivery.message, exc=None)
-                self._dead_letter(delivery, report.reason or "unknown", report)
-            elif report.settle == REQUEUE:
-                self._give_back(delivery)
-            elif mode.late and report.state == states.FAILURE and not mode.ack_failures:
-                self._dead_letter(delivery, report.reason or "failed (acks_late)", report)
-            elif not delivery.settled:
-                self._to_ack.append(delivery)
-        if len(self._to_ack) >= ACK_BATCH:
-            self._flush_acks()
-
-    def _settle_unfinished(self, report: Report, delivery: Delivery, mode: AckMode) -> None:
-        """A job its pool could not finish: terminated, lost with its process, or killed at
-        the hard time limit."""
-        error = report.failure
-        assert error is not None
-        message = self._decode(delivery)
-        if message is None:
-            return
-        if isinstance(error, TaskRevokedError):
-            revoked_outcome(self.app, message, "terminated", terminated=True)
-            if not delivery.settled:
-                self._to_ack.append(delivery)
-            return
-        lost = isinstance(error, WorkerLostError)
-        if lost and not delivery.settled and (self._cold or mode.reject_on_worker_lost):
-            logger.warning(
-                "Task %s[%s] given back to the queue: %r", report.task_name, report.task_id,
-                error, extra={"task_name": report.task_name, "task_id": report.task_id},
-            )
-            delivery.reject(requeue=True)
-            return
-        outcome = fail_unfinished(
-            self.app, message, error, hostname=self.hostname,
-            delivery_info=delivery.delivery_info,
-        )
-        if delivery.settled:
-            return
-        if mode.ack_failures:
-            self._to_ack.append(delivery)
-        else:
-            self._dead_letter(delivery, outcome.reason or repr(error), report)
-
-    def _decode(self, delivery: Delivery) -> TaskMessage | None:
-        try:
-            return decode_task(delivery.message, self.app.conf.accept_content)
-        except (ProtocolError, SerializationError, ContentDisallowed) as exc:
-            self._dead_letter(delivery, f"malformed message: {exc}", None)
-            return None
+            self.settler.settle(report, delivery)
 
     def _discard(self, job: Job, reason: str) -> None:
         """Do not run a revoked or expired message: store REVOKED and ack it."""
         delivery = self._release(job.number)
-        if delivery is None:
-            return
-        message = self._decode(delivery)
-        if message is not None:
-            revoked_outcome(self.app, message, reason)
-            self._to_ack.append(delivery)
-
-    def _give_back(self, delivery: Delivery) -> None:
-        if delivery.settled:
-            self.app.broker.publish(
-                delivery.queue, delivery.message, priority=delivery.message.priority
-            )
-        else:
-            delivery.reject(requeue=True)
-
-    def _dead_letter(self, delivery: Delivery, reason: str, report: Report | None) -> None:
-        headers = delivery.message.headers
-        headers["x-dead-letter-reason"] = reason
-        headers["x-dead-letter-time"] = utcnow().isoformat()
-        if report is not None:
-            headers["x-dead-letter-exception"] = report.exception or report.reason
-            headers["x-dead-letter-traceback"] = report.traceback
-        if "retries" in headers:
-            headers["x-dead-letter-retries"] = headers["retries"]
-            headers["retries"] = 0
-        name = headers.get("task") or "?"
-        task_id = headers.get("id") or "?"
-        logger.warning(
-            "Dead-lettered %s[%s] from %s: %s", name, task_id, delivery.queue, reason,
-            extra={"task_name": name, "task_id": task_id},
-        )
-        self.app.broker.dead_letter(delivery, reason)
+        if delivery is not None:
+            self.settler.discard(delivery, reason)
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -493,7 +390,9 @@ class Worker:
     def active_requests(self) -> list[dict[str, Any]]:
         return [
             {
-                "id": job.task_id, "name": job.task_name, "hostname": self.hostname,
+                "id": job.task_id,
+                "name": job.task_name,
+                "hostname": self.hostname,
                 "args": job.message.headers.get("argsrepr"),
                 "kwargs": job.message.headers.get("kwargsrepr"),
                 "delivery_info": job.delivery_info,
@@ -519,7 +418,7 @@ class Worker:
     # -- shutdown ------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        how = "cold" if self._cold else "warm"
+        how = "cold" if self.settler.cold else "warm"
         signals.worker_shutting_down.send(sender=self.hostname, sig="stop", how=how, exitcode=0)
         unstarted = [job.number for job in self._ready] + [item[1] for item in self._waiting]
         self._ready.clear()
@@ -527,21 +426,21 @@ class Worker:
         for number in unstarted:
             delivery = self._release(number)
             if delivery is not None:
-                self._give_back(delivery)
-        self._flush_acks()
+                self.settler.give_back(delivery)
+        self.settler.flush()
         deadline = time.monotonic() + self.shutdown_timeout
-        while self.pool.in_flight() and not self._cold:
+        while self.pool.in_flight() and not self.settler.cold:
             if time.monotonic() >= deadline:
                 logger.warning("running tasks outlived worker_shutdown_timeout; cold shutdown")
-                self._cold = True
+                self.settler.cold = True
                 break
             self._housekeeping()
             self._settle(self.pool.poll(self._pool_wait(POOL_WAIT)))
-            self._flush_acks()
+            self.settler.flush()
         if self.pool.in_flight():
-            self._cold = True
+            self.settler.cold = True
             self._settle(self.pool.terminate_all())
-        self._flush_acks()
+        self.settler.flush()
         self.pool.stop()
         for number in list(self._held):
             delivery = self._release(number)
@@ -572,11 +471,13 @@ def _visibility_timeout(app: Taskframe) -> float:
     return float(value) if value else DEFAULT_VISIBILITY_TIMEOUT
 
 
-def _make_pool(name: str, app: Taskframe, concurrency: int, hostname: str, **options: Any) -> Pool:
+def _make_pool(
+    name: str, app: Taskframe, concurrency: int, hostname: str, fair: bool, **options: Any
+) -> Pool:
     if name == "prefork":
         from taskframe.worker.prefork import PreforkPool
 
-        return PreforkPool(app, concurrency, hostname, **options)
+        return PreforkPool(app, concurrency, hostname, fair=fair, **options)
     if name == "asyncio":
         from taskframe.worker.asyncio_pool import AsyncioPool
 

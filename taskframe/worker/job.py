@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from taskframe import states
 from taskframe.brokers.base import Message
 from taskframe.exceptions import ContentDisallowed, ProtocolError, SerializationError
-from taskframe.execution import ACK, DEAD_LETTER, Outcome, execute
+from taskframe.execution import ACK, DEAD_LETTER, REQUEUE, Outcome, execute
 from taskframe.protocol import TaskMessage, decode_task
 from taskframe.worker.limits import SoftLimit
 
@@ -33,6 +33,7 @@ __all__ = [
     "report_of",
     "run_job",
     "soft_limit",
+    "unstarted_report",
 ]
 
 logger = logging.getLogger("taskframe.worker")
@@ -100,8 +101,14 @@ def _limit(job: Job, index: int) -> float | None:
 def failed_report(job: Job, error: BaseException, runtime: float) -> Report:
     """A report for a job its pool could not finish (the consumer stores or requeues it)."""
     return Report(
-        job.number, job.task_id, job.task_name, states.FAILURE, runtime,
-        reason=repr(error), summary=repr(error), failure=error,
+        job.number,
+        job.task_id,
+        job.task_name,
+        states.FAILURE,
+        runtime,
+        reason=repr(error),
+        summary=repr(error),
+        failure=error,
     )
 
 
@@ -111,10 +118,22 @@ def decode(app: Taskframe, job: Job) -> TaskMessage | Report:
         return decode_task(job.message, app.conf.accept_content)
     except (ProtocolError, SerializationError, ContentDisallowed) as exc:
         return Report(
-            job.number, job.task_id, job.task_name or "?", states.REJECTED, 0.0,
-            settle=DEAD_LETTER, reason=f"malformed message: {exc}", exception=repr(exc),
+            job.number,
+            job.task_id,
+            job.task_name or "?",
+            states.REJECTED,
+            0.0,
+            settle=DEAD_LETTER,
+            reason=f"malformed message: {exc}",
+            exception=repr(exc),
             malformed=True,
         )
+
+
+def unstarted_report(job: Job) -> Report:
+    """A report for a job handed to a pool that never began it: the consumer gives its
+    message back to the queue."""
+    return Report(job.number, job.task_id, job.task_name, states.RECEIVED, 0.0, settle=REQUEUE)
 
 
 def run_job(
@@ -130,8 +149,14 @@ def run_job(
     except Exception as exc:  # an error in taskframe itself must not kill the pool
         logger.exception("internal error running %s[%s]", message.task, message.id)
         return Report(
-            job.number, message.id, message.task, states.FAILURE, 0.0,
-            settle=DEAD_LETTER, reason=f"internal error: {exc!r}", exception=repr(exc),
+            job.number,
+            message.id,
+            message.task,
+            states.FAILURE,
+            0.0,
+            settle=DEAD_LETTER,
+            reason=f"internal error: {exc!r}",
+            exception=repr(exc),
         )
     return report_of(job, outcome)
 
@@ -139,8 +164,13 @@ def run_job(
 def report_of(job: Job, outcome: Outcome) -> Report:
     dead = outcome.settle == DEAD_LETTER
     return Report(
-        job.number, outcome.task_id, outcome.task_name, outcome.state, outcome.runtime,
-        settle=outcome.settle, reason=outcome.reason,
+        job.number,
+        outcome.task_id,
+        outcome.task_name,
+        outcome.state,
+        outcome.runtime,
+        settle=outcome.settle,
+        reason=outcome.reason,
         summary=_summary(outcome.retval, outcome.exception),
         exception=repr(outcome.exception) if dead and outcome.exception is not None else None,
         traceback=outcome.traceback if dead else None,

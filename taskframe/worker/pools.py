@@ -22,7 +22,8 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 from taskframe.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
 from taskframe.worker.job import Job, Report, failed_report, hard_limit, run_job
@@ -37,7 +38,10 @@ HARD_LIMIT_GRACE = 1.0
 
 
 class Pool(ABC):
-    """Runs jobs with up to ``concurrency`` at once; ``active`` holds the running ones."""
+    """Runs jobs with up to ``concurrency`` at once; ``active`` holds the running ones.
+
+    ``fork_lock`` is held while a pool forks, so that no other thread of the worker is inside
+    a client library at that moment."""
 
     name = "pool"
 
@@ -60,6 +64,7 @@ class Pool(ABC):
         self.time_limit = time_limit
         self.soft_time_limit = soft_time_limit
         self.active: dict[int, Job] = {}
+        self.fork_lock: AbstractContextManager[Any] = nullcontext()
 
     def start(self) -> None:
         """Start workers (processes, threads); called once before the first submit."""

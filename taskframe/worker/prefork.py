@@ -1,23 +1,27 @@
 """The prefork pool: child processes, supervised by the worker's main process.
 
-Each child owns one duplex pipe and runs one job at a time; the parent sends the job (the
-message as received, body still encoded) and reads back a :class:`Report`, waiting on all
-pipes and process sentinels at once, so a child that dies is seen at once. The parent:
+Each child owns one duplex pipe. The parent sends it jobs (the message as received, body still
+encoded) and reads back one :class:`Report` per job, waiting on all pipes and process
+sentinels at once, so a child that dies is seen at once. By default a child holds up to
+:data:`CHILD_QUEUE` jobs, the one it runs and the next ones, so it never waits for the parent
+between tasks and the parent acks in larger batches; with ``-O fair`` it holds one, and gets a
+job only when it is free (better for long tasks of uneven length). The parent:
 
-* replaces a child that exits (crash, ``max_tasks_per_child``, ``max_memory_per_child``) and
-  reports its job as lost (``WorkerLostError``); the consumer fails or requeues it;
-* kills a child whose job passed its hard time limit and reports ``TimeLimitExceeded``. Soft
-  limits are raised inside the child by ``SIGALRM``;
-* on a revoke with ``terminate`` sends the signal to the child running that task;
-* on :meth:`restart` (SIGHUP) replaces every child once it is idle.
+* replaces a child that dies, reports the job it was running as lost (``WorkerLostError``;
+  the consumer fails or requeues it) and hands the job it had not started to another child;
+* kills a child whose job passed its hard time limit and reports ``TimeLimitExceeded`` (a
+  job's clock starts when the report of the job before it arrives). Soft limits are raised
+  inside the child by ``SIGALRM``;
+* on a revoke with ``terminate`` sends the signal to the child when it runs that task;
+* recycles a child after ``max_tasks_per_child`` tasks or past ``max_memory_per_child`` KiB
+  of resident memory (``/proc/self/statm``, checked after each task): the child says so with
+  its report, the parent sends it nothing more, and stops it once it has run what it holds;
+* on :meth:`restart` (SIGHUP) replaces every child the same way.
 
-A child holds no job it has not started, so a job handed over is a job begun: the consumer's
-early ack (flushed before the hand-over) never covers a message that could be lost unstarted.
-If the parent dies, a child finishes the job it has, fails to report, and exits; it sees the
-closed pipe (children close each other's pipe ends, so the parent's death is visible).
-
-``max_memory_per_child`` is compared with the child's resident set (``/proc/self/statm``,
-else the peak from ``getrusage``) after each task, in KiB, as Celery does.
+A child always runs every job it was sent before it stops: when it is told to stop, and when
+the parent has died (its reports then fail; children close each other's pipe ends, so the
+parent's death shows as the end of the pipe). So a job handed over and acked (early ack) is
+run even if the whole worker is killed, and never lost unstarted.
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ import os
 import pickle
 import signal
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from taskframe import signals
 from taskframe.exceptions import TaskRevokedError, TimeLimitExceeded, WorkerLostError
-from taskframe.worker.job import Job, Report, failed_report, hard_limit, run_job
+from taskframe.worker.job import (
+    Job,
+    Report,
+    failed_report,
+    hard_limit,
+    run_job,
+    unstarted_report,
+)
 from taskframe.worker.pools import Pool
 
 if TYPE_CHECKING:
@@ -48,15 +60,18 @@ __all__ = ["PreforkPool"]
 logger = logging.getLogger("taskframe.worker")
 
 STOP = b""
+CHILD_QUEUE = 4
+"""Jobs a child holds at most (the one it runs and those next), unless ``-O fair``."""
 
 
 @dataclass
 class _Child:
     process: BaseProcess
     connection: Connection
-    job: Job | None = None
+    jobs: deque[Job] = field(default_factory=deque)
     started: float = 0.0
     deadline: float | None = None
+    terminate: dict[str, int] = field(default_factory=dict)
     terminated: int | None = None
     retire: bool = False
 
@@ -64,11 +79,20 @@ class _Child:
 class PreforkPool(Pool):
     name = "prefork"
 
-    def __init__(self, app: Taskframe, concurrency: int, hostname: str, **options: Any) -> None:
+    def __init__(
+        self,
+        app: Taskframe,
+        concurrency: int,
+        hostname: str,
+        *,
+        fair: bool = False,
+        **options: Any,
+    ) -> None:
         super().__init__(app, concurrency, hostname, **options)
+        self.depth = 1 if fair else CHILD_QUEUE
         self._context = multiprocessing.get_context("fork")
         self._children: list[_Child] = []
-        self._pending: list[Report] = []
+        self._backlog: deque[Job] = deque()
         self._stopping = False
 
     def start(self) -> None:
@@ -80,12 +104,21 @@ class PreforkPool(Pool):
         inherited = [child.connection for child in self._children]
         process = self._context.Process(
             target=_child_main,
-            args=(self.app, child_end, parent_end, inherited, self.hostname,
-                  self.max_tasks_per_child, self.max_memory_per_child, self.soft_time_limit),
+            args=(
+                self.app,
+                child_end,
+                parent_end,
+                inherited,
+                self.hostname,
+                self.max_tasks_per_child,
+                self.max_memory_per_child,
+                self.soft_time_limit,
+            ),
             name="taskframe-child",
             daemon=True,
         )
-        process.start()
+        with self.fork_lock:
+            process.start()
         child_end.close()
         return _Child(process, parent_end)
 
@@ -93,39 +126,58 @@ class PreforkPool(Pool):
         return [child.process.pid for child in self._children if child.process.pid is not None]
 
     def free_slots(self) -> int:
-        return sum(1 for child in self._children if child.job is None and not child.retire)
+        room = sum(self.depth - len(c.jobs) for c in self._children if not c.retire)
+        return room - len(self._backlog)
 
     def submit(self, job: Job) -> None:
-        child = next(c for c in self._children if c.job is None and not c.retire)
         self.active[job.number] = job
-        child.job = job
-        child.started = time.monotonic()
+        self._backlog.append(job)
+        self._feed()
+
+    def _feed(self) -> None:
+        """Hand backlog jobs to the children with the fewest jobs."""
+        while self._backlog:
+            open_children = [c for c in self._children if not c.retire and len(c.jobs) < self.depth]
+            if not open_children:
+                return
+            child = min(open_children, key=lambda c: len(c.jobs))
+            job = self._backlog.popleft()
+            try:
+                child.connection.send_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+            except OSError:
+                self._backlog.appendleft(job)
+                child.retire = True
+                continue
+            child.jobs.append(job)
+            if len(child.jobs) == 1:
+                self._begin(child, time.monotonic())
+
+    def _begin(self, child: _Child, now: float) -> None:
+        """The child's first job has started: start its clock, terminate it if asked."""
+        job = child.jobs[0]
+        child.started = now
         limit = hard_limit(job, self.time_limit)
-        child.deadline = child.started + limit if limit else None
-        try:
-            child.connection.send_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            self._pending.extend(self._replace(child))
+        child.deadline = now + limit if limit else None
+        signum = child.terminate.pop(job.task_id, None)
+        if signum is not None:
+            self._signal(child, signum)
 
     def poll(self, timeout: float) -> list[Report]:
-        reports, self._pending = self._pending, []
-        if reports:
-            timeout = 0.0
+        reports: list[Report] = []
         waitables: dict[Any, _Child] = {}
         for child in self._children:
             waitables[child.connection] = child
             waitables[child.process.sentinel] = child
-        ready = wait(list(waitables), timeout=self._bounded_by_deadlines(timeout))
-        for item in ready:
+        for item in wait(list(waitables), timeout=self._bounded_by_deadlines(timeout)):
             child = waitables[item]
             if item is child.connection and child in self._children:
                 reports.extend(self._read(child))
         for child in list(self._children):
             if not child.process.is_alive():
-                if child.connection.poll():
-                    reports.extend(self._read(child))
+                reports.extend(self._read(child))
                 reports.extend(self._replace(child))
         reports.extend(self._enforce_hard_limits())
+        self._feed()
         for report in reports:
             self.active.pop(report.number, None)
         return reports
@@ -137,21 +189,29 @@ class PreforkPool(Pool):
         return max(0.0, min(timeout, min(deadlines) - time.monotonic()))
 
     def _read(self, child: _Child) -> list[Report]:
-        try:
-            report: Report = pickle.loads(child.connection.recv_bytes())
-        except (EOFError, OSError):
-            return []
-        child.job = None
-        child.deadline = None
-        if child.retire and child.process.is_alive():
+        """Every report the child has written so far."""
+        reports: list[Report] = []
+        while child.jobs and child.connection.poll():
+            try:
+                report, leaving = pickle.loads(child.connection.recv_bytes())
+            except (EOFError, OSError):
+                break
+            child.jobs.popleft()
+            child.deadline = None
+            reports.append(report)
+            if leaving:
+                child.retire = True
+            if child.jobs:
+                self._begin(child, time.monotonic())
+        if child.retire and not child.jobs and child.process.is_alive():
             self._retire(child)
-        return [report]
+        return reports
 
     def _replace(self, child: _Child) -> list[Report]:
-        """Forget a dead child, report its job as lost, and start another in its place."""
+        """Forget a dead child: its running job is lost, the others go to another child."""
         reports: list[Report] = []
-        job = child.job
-        if job is not None:
+        if child.jobs:
+            job = child.jobs.popleft()
             runtime = time.monotonic() - child.started
             if child.terminated is not None:
                 error: BaseException = TaskRevokedError("terminated")
@@ -161,6 +221,8 @@ class PreforkPool(Pool):
                     f"(job {job.task_name}[{job.task_id}])"
                 )
             reports.append(failed_report(job, error, runtime))
+            self._backlog.extendleft(reversed(child.jobs))
+            child.jobs.clear()
         child.process.join(1)
         child.connection.close()
         if child in self._children:
@@ -170,6 +232,7 @@ class PreforkPool(Pool):
         return reports
 
     def _retire(self, child: _Child) -> None:
+        """Stop an idle child and start another in its place."""
         with contextlib.suppress(OSError):
             child.connection.send_bytes(STOP)
         child.process.join(5)
@@ -182,46 +245,64 @@ class PreforkPool(Pool):
         reports: list[Report] = []
         now = time.monotonic()
         for child in list(self._children):
-            if child.job is None or child.deadline is None or now < child.deadline:
+            if not child.jobs or child.deadline is None or now < child.deadline:
                 continue
-            job = child.job
+            job = child.jobs.popleft()
             limit = round(child.deadline - child.started, 3)
             logger.error(
                 "Hard time limit (%ss) exceeded for %s[%s]; killing child %s",
-                limit, job.task_name, job.task_id, child.process.pid,
+                limit,
+                job.task_name,
+                job.task_id,
+                child.process.pid,
+                extra={"task_name": job.task_name, "task_id": job.task_id},
             )
             child.process.kill()
             child.process.join(5)
-            child.job = None
-            reports.append(failed_report(
-                job, TimeLimitExceeded(f"TimeLimitExceeded({limit})"), now - child.started
-            ))
+            error = TimeLimitExceeded(f"TimeLimitExceeded({limit})")
+            reports.append(failed_report(job, error, now - child.started))
+            self._backlog.extendleft(reversed(child.jobs))
+            child.jobs.clear()
             self._replace(child)
         return reports
 
     def terminate(self, task_id: str, signum: int) -> bool:
         for child in self._children:
-            if child.job is not None and child.job.task_id == task_id and child.process.pid:
-                child.terminated = signum
-                os.kill(child.process.pid, signum)
+            for position, job in enumerate(child.jobs):
+                if job.task_id != task_id:
+                    continue
+                if position == 0:
+                    self._signal(child, signum)
+                else:
+                    child.terminate[task_id] = signum
                 return True
         return False
+
+    def _signal(self, child: _Child, signum: int) -> None:
+        if child.process.pid:
+            child.terminated = signum
+            os.kill(child.process.pid, signum)
 
     def restart(self) -> None:
         for child in list(self._children):
             child.retire = True
-            if child.job is None:
+            if not child.jobs:
                 self._retire(child)
 
     def terminate_all(self) -> list[Report]:
+        """Kill every child: running jobs are lost, jobs not begun are given back."""
         self._stopping = True
-        reports = []
+        reports = [unstarted_report(job) for job in self._backlog]
+        self._backlog.clear()
         for child in self._children:
             child.process.kill()
-        for child in list(self._children):
+        for child in self._children:
             child.process.join(5)
-            if child.job is not None:
-                reports.append(failed_report(child.job, WorkerLostError("cold shutdown"), 0.0))
+            reports.extend(self._read(child))
+            if child.jobs:
+                running = child.jobs.popleft()
+                reports.append(failed_report(running, WorkerLostError("cold shutdown"), 0.0))
+                reports.extend(unstarted_report(job) for job in child.jobs)
             child.connection.close()
         self._children = []
         self.active.clear()
@@ -230,10 +311,8 @@ class PreforkPool(Pool):
     def stop(self) -> None:
         self._stopping = True
         for child in self._children:
-            try:
+            with contextlib.suppress(OSError):
                 child.connection.send_bytes(STOP)
-            except OSError:
-                continue
         deadline = time.monotonic() + 10.0
         for child in self._children:
             child.process.join(max(0.0, deadline - time.monotonic()))
@@ -254,7 +333,10 @@ def _child_main(
     max_memory_kib: int | None,
     soft_time_limit: float | None,
 ) -> None:
-    """A child's life: take a job, run it, report, until told to stop or recycled."""
+    """A child's life: take a job, run it, report, until told to stop or the parent is gone.
+
+    Past its task or memory budget it says so with its report and keeps running what it is
+    sent until the parent, which sends it nothing more, tells it to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -264,6 +346,7 @@ def _child_main(
         other.close()
     signals.worker_process_init.send(sender=None)
     done = 0
+    leaving = orphaned = False
     while True:
         try:
             data = connection.recv_bytes()
@@ -273,17 +356,23 @@ def _child_main(
             break
         job: Job = pickle.loads(data)
         report = run_job(app, job, hostname, soft_time_limit)
-        try:
-            connection.send_bytes(pickle.dumps(report, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError:
-            break
         done += 1
-        if max_tasks and done >= max_tasks:
-            break
-        if max_memory_kib and _rss_kib() > max_memory_kib:
-            logger.warning("child %s passed max_memory_per_child (%s KiB); recycling",
-                           os.getpid(), max_memory_kib)
-            break
+        if not leaving and max_tasks and done >= max_tasks:
+            leaving = True
+        if not leaving and max_memory_kib and _rss_kib() > max_memory_kib:
+            logger.warning(
+                "child %s passed max_memory_per_child (%s KiB); recycling",
+                os.getpid(),
+                max_memory_kib,
+            )
+            leaving = True
+        if not orphaned:
+            try:
+                connection.send_bytes(
+                    pickle.dumps((report, leaving), protocol=pickle.HIGHEST_PROTOCOL)
+                )
+            except OSError:
+                orphaned = True
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     connection.close()
     os._exit(0)

@@ -1,7 +1,10 @@
 """The worker's side of remote control: a thread that listens on ``taskframe.control``.
 
 It subscribes before the worker reports ready (so a revoke sent after ``worker_ready`` is
-never missed), then loads the persistent revoked set. Revokes go straight into the worker's
+never missed), then loads the persistent revoked set. While it waits on the broker it holds
+:attr:`ControlListener.fork_lock`, which the prefork pool takes to fork a child: a child forked
+while this thread is inside a client library (sqlite's mutexes, a socket's buffers) could
+inherit a lock held forever. Revokes go straight into the worker's
 :class:`~taskframe.worker.revoke.Revoked` set; anything that touches the pool (terminate) is
 queued for the consumer thread, which owns the pool. Answers are broadcast on the command's
 reply channel. A bad command is logged in one line and ignored.
@@ -29,6 +32,7 @@ __all__ = ["ControlListener"]
 logger = logging.getLogger("taskframe.worker")
 
 POLL_INTERVAL = 0.25
+FORK_WINDOW = 0.001
 
 
 class ControlListener:
@@ -39,6 +43,7 @@ class ControlListener:
         self._subscription: Subscription | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self.fork_lock = threading.Lock()
 
     def start(self) -> None:
         app = self.worker.app
@@ -62,7 +67,9 @@ class ControlListener:
         assert self._subscription is not None
         while not self._stopped.is_set():
             try:
-                received = self._subscription.get(POLL_INTERVAL)
+                with self.fork_lock:
+                    received = self._subscription.get(POLL_INTERVAL)
+                time.sleep(FORK_WINDOW)  # a thread waiting to fork gets the lock now
             except BrokerError as exc:
                 logger.warning("remote control: %s", exc)
                 self._stopped.wait(1.0)
@@ -90,7 +97,10 @@ class ControlListener:
             logger.warning("remote control: bad command %r: %r", payload[:200], exc)
 
     def _command_revoke(
-        self, ids: list[str], terminate: bool = False, signal: int = 15,
+        self,
+        ids: list[str],
+        terminate: bool = False,
+        signal: int = 15,
         expires_at: float | None = None,
     ) -> dict[str, str]:
         self.worker.revoked.add(ids, expires_at or time.time() + 10800.0)

@@ -90,7 +90,8 @@ def load_revoked(app: Taskframe) -> dict[str, float]:
         return {}
     now = time.time()
     return {
-        str(task_id): float(at) for task_id, at in entries.items()
+        str(task_id): float(at)
+        for task_id, at in entries.items()
         if isinstance(at, (int, float)) and at >= now
     }
 

@@ -4,6 +4,7 @@ in a file (``FAULTS_RUN_LOG``), outside Redis and outside the framework."""
 from __future__ import annotations
 
 import os
+import time
 
 from interop_apps.tasks import redis_url
 from taskframe import Taskframe
@@ -19,8 +20,10 @@ app = Taskframe(
 
 
 @app.task(name="faults.mark")
-def mark(number: int) -> None:
-    """Append ``number`` to the run log; one short O_APPEND write per run cannot interleave."""
+def mark(number: int, pause: float = 0.0) -> None:
+    """Take ``pause`` seconds, then append ``number`` to the run log (one short O_APPEND
+    write per run, so runs in several processes cannot interleave)."""
+    time.sleep(pause)
     descriptor = os.open(os.environ["FAULTS_RUN_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(descriptor, f"{number}\n".encode())

@@ -17,19 +17,28 @@ READY_MARKERS = ("ready: queues", " ready.")
 class WorkerProcess:
     """One worker subprocess whose output goes to ``log`` (read it with :meth:`output`)."""
 
-    def __init__(self, argv: list[str], log: Path, redis_url: str, cwd: Path = TESTS_DIR) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        log: Path,
+        redis_url: str,
+        *,
+        cwd: Path = TESTS_DIR,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = log
-        env = {
+        environment = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]),
             "INTEROP_REDIS_URL": redis_url,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         with log.open("wb") as sink:
             self.process = subprocess.Popen(
                 [sys.executable, *argv],
                 cwd=cwd,
-                env=env,
+                env=environment,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
