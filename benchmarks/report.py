@@ -149,7 +149,8 @@ def _target_text(workload: Workload, checks: list[dict[str, Any]]) -> str:
         sign = "≥" if workload.higher_is_better else "≤"
         bound = check["bound"]
         inverse = 1 / bound
-        shown = f"1/{round(inverse)}" if bound < 1 and inverse == round(inverse, 6) else f"{bound:g}"
+        exact = abs(inverse - round(inverse)) < 1e-9
+        shown = f"1/{round(inverse)}" if bound < 1 and exact else f"{bound:g}"
         verdict = {True: "met", False: "MISSED", None: "not measured"}[check["met"]]
         parts.append(f"{sign}{shown} {check['peer']}: {verdict}")
     return "; ".join(parts)

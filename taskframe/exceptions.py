@@ -89,7 +89,7 @@ class BrokerConnectionError(BrokerError):
     pass
 
 
-class TimeoutError(TaskframeError):  # noqa: A001 - Celery's public name
+class TimeoutError(TaskframeError):
     pass
 
 

@@ -200,7 +200,9 @@ class AsyncResult(ResultBase, Generic[R]):
             if remaining is not None:
                 step = min(remaining, step)
             payload = backend.wait(
-                self.id, step, lambda data: is_ready_payload(data, serializer),
+                self.id,
+                step,
+                lambda data: is_ready_payload(data, serializer),
                 interval=min(interval, 0.05),
             )
             if payload is not None:

@@ -26,9 +26,9 @@ from celery.result import AsyncResult, GroupResult
 from celery.worker.request import Request
 from kombu import serialization as kombu_serialization
 from kombu.message import Message as KombuMessage
-from taskframe.brokers.base import Message
 
 from taskframe import states
+from taskframe.brokers.base import Message
 from taskframe.exceptions import MaxRetriesExceededError
 from taskframe.protocol import TaskMessage, decode_task, encode_task, signature_dict
 from taskframe.result_meta import (

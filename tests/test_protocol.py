@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from taskframe.brokers.base import Message
 
+from taskframe.brokers.base import Message
 from taskframe.exceptions import ContentDisallowed, ProtocolError, SerializationError
 from taskframe.protocol import REPR_MAXSIZE, TaskMessage, decode_task, encode_task, signature_dict
 from taskframe.serialization import compress, dumps
