@@ -302,44 +302,13 @@ class Taskframe:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: datetime | None = None,
-        task_id: str | None = None,
-        expires: float | datetime | None = None,
-        queue: str | None = None,
-        routing_key: str | None = None,
-        priority: int | None = None,
-        headers: dict[str, Any] | None = None,
-        serializer: str | None = None,
-        compression: str | None = None,
-        ignore_result: bool | None = None,
-        link: Signature | Sequence[Any] | None = None,
-        link_error: Signature | Sequence[Any] | None = None,
-        task: Task[Any, Any] | None = None,
         **options: Any,
     ) -> results.AsyncResult[Any]:
-        """Send a task message by name; returns its AsyncResult at once."""
-        queue_name, delay, message = self.build_message(
-            name,
-            args,
-            kwargs,
-            countdown=countdown,
-            eta=eta,
-            task_id=task_id,
-            expires=expires,
-            queue=queue,
-            routing_key=routing_key,
-            priority=priority,
-            headers=headers,
-            serializer=serializer,
-            compression=compression,
-            ignore_result=ignore_result,
-            link=link,
-            link_error=link_error,
-            task=task,
-            **options,
-        )
+        """Send a task message by name; returns its AsyncResult at once.
+
+        ``options`` are those of :meth:`build_message` (countdown, eta, expires, queue,
+        priority, headers, link, ...), as Celery's ``send_task`` takes them."""
+        queue_name, delay, message = self.build_message(name, args, kwargs, **options)
         if signals.before_task_publish.has_receivers():
             signals.before_task_publish.send(
                 sender=name,

@@ -12,16 +12,13 @@ Publishers ``LPUSH``, consumers pop from the right, so each list is FIFO. The en
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import uuid
 from typing import Any
 
 from taskframe.brokers.base import Message
+from taskframe.brokers.kombu_envelope import build_envelope, open_envelope
 
 __all__ = [
-    "KOMBU_PROPERTIES",
     "PRIORITY_STEPS",
     "SEP",
     "binding",
@@ -35,7 +32,6 @@ __all__ = [
 
 SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
-KOMBU_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
 """Envelope properties kombu adds; they are not part of a :class:`Message`'s properties."""
 
 
@@ -64,58 +60,16 @@ def binding(queue: str) -> tuple[str, str]:
 
 def encode(queue: str, message: Message, priority: int | None) -> tuple[int, dict[str, Any]]:
     """The envelope for ``message`` on ``queue``, and the priority number it carries."""
-    properties = {
-        key: value
-        for key, value in message.properties.items()
-        if key not in KOMBU_PROPERTIES and key != "priority"
-    }
     number = clamp_priority(
         priority if priority is not None else message.properties.get("priority", 0)
     )
-    properties["delivery_info"] = {"exchange": "", "routing_key": queue}
-    properties["priority"] = number
-    properties["body_encoding"] = "base64"
-    properties["delivery_tag"] = str(uuid.uuid4())
-    envelope = {
-        "body": base64.b64encode(message.body).decode("ascii"),
-        "content-encoding": message.content_encoding,
-        "content-type": message.content_type,
-        "headers": dict(message.headers),
-        "properties": properties,
-    }
-    return number, envelope
+    return number, build_envelope(queue, message, number)
 
 
 def decode(raw: bytes) -> tuple[Message, dict[str, Any]]:
     """The message inside a kombu envelope; ValueError when ``raw`` is not one."""
     envelope = json.loads(raw)
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("properties"), dict):
-        raise ValueError("not a kombu envelope")
-    headers = envelope.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise ValueError("envelope headers are not an object")
-    envelope_properties: dict[str, Any] = envelope["properties"]
-    body = envelope.get("body", "")
-    if envelope_properties.get("body_encoding") == "base64":
-        try:
-            data = base64.b64decode(str(body), validate=True)
-        except binascii.Error as exc:
-            raise ValueError(f"body is not base64: {exc}") from exc
-    elif isinstance(body, str):
-        data = body.encode("utf-8")
-    else:
-        data = json.dumps(body).encode("utf-8")
-    properties = {
-        key: value for key, value in envelope_properties.items() if key not in KOMBU_PROPERTIES
-    }
-    message = Message(
-        body=data,
-        headers=headers,
-        properties=properties,
-        content_type=str(envelope.get("content-type", "application/json")),
-        content_encoding=str(envelope.get("content-encoding", "utf-8")),
-    )
-    return message, envelope
+    return open_envelope(envelope), envelope
 
 
 def mark_redelivered(envelope: dict[str, Any]) -> dict[str, Any]:

@@ -21,11 +21,11 @@ import binascii
 import json
 import logging
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from taskframe.brokers.base import DeadLetter, Message
+from taskframe.brokers.kombu_envelope import build_envelope, open_envelope
 from taskframe.exceptions import BrokerError
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KOMBU_PROPERTIES = ("delivery_info", "body_encoding", "delivery_tag")
 DUE = "taskframe_due"
 DEATH_HEADERS = ("x-death-id", "x-death-reason", "x-death-queue", "x-death-time")
 MAX_MESSAGE_SIZE = 262144
@@ -58,25 +57,19 @@ def encode(
 ) -> dict[str, Any]:
     """The envelope kombu would write for ``message`` published to ``queue`` (its
     taskframe/Celery name, not the SQS name)."""
-    properties = {
-        key: value
-        for key, value in message.properties.items()
-        if key not in KOMBU_PROPERTIES and key not in ("priority", DUE)
-    }
     chosen = priority if priority is not None else message.properties.get("priority")
-    properties["delivery_info"] = {"exchange": "", "routing_key": queue}
-    properties["priority"] = int(chosen) if chosen is not None else 0
-    properties["body_encoding"] = "base64"
-    properties["delivery_tag"] = str(uuid.uuid4())
-    if due is not None:
-        properties[DUE] = due
-    return {
-        "body": base64.b64encode(message.body).decode("ascii"),
-        "content-encoding": message.content_encoding,
-        "content-type": message.content_type,
-        "headers": dict(message.headers),
-        "properties": properties,
-    }
+    clean = message
+    if DUE in message.properties:
+        properties = {key: value for key, value in message.properties.items() if key != DUE}
+        clean = Message(
+            message.body,
+            message.headers,
+            properties,
+            message.content_type,
+            message.content_encoding,
+        )
+    extra = {DUE: due} if due is not None else None
+    return build_envelope(queue, clean, int(chosen) if chosen is not None else 0, extra)
 
 
 def body_of(envelope: dict[str, Any]) -> str:
@@ -102,34 +95,7 @@ def _unwrap(text: str) -> bytes:
 def decode(text: str) -> tuple[Message, dict[str, Any]]:
     """The message inside an SQS ``MessageBody``; ValueError when it is not a kombu envelope."""
     envelope = json.loads(_unwrap(text))
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("properties"), dict):
-        raise ValueError("not a kombu envelope")
-    headers = envelope.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise ValueError("envelope headers are not an object")
-    envelope_properties: dict[str, Any] = envelope["properties"]
-    body = envelope.get("body", "")
-    if envelope_properties.get("body_encoding") == "base64":
-        try:
-            data = base64.b64decode(str(body), validate=True)
-        except binascii.Error as exc:
-            raise ValueError(f"body is not base64: {exc}") from exc
-    elif isinstance(body, str):
-        data = body.encode("utf-8")
-    else:
-        data = json.dumps(body).encode("utf-8")
-    properties = {
-        key: value
-        for key, value in envelope_properties.items()
-        if key not in KOMBU_PROPERTIES and key != DUE
-    }
-    message = Message(
-        body=data,
-        headers={key: value for key, value in headers.items() if key not in DEATH_HEADERS},
-        properties=properties,
-        content_type=str(envelope.get("content-type", "application/json")),
-        content_encoding=str(envelope.get("content-encoding", "utf-8")),
-    )
+    message = open_envelope(envelope, drop_properties=(DUE,), drop_headers=DEATH_HEADERS)
     return message, envelope
 
 
