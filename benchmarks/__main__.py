@@ -1,6 +1,6 @@
 """``python -m benchmarks``: run every workload, print the table, write the result files.
 
-The defaults are the full configuration (about 10 minutes on 2 cores); ``--tasks 200
+The defaults are the full configuration (about 15 minutes on 2 shared cores); ``--tasks 200
 --round-trips 20 --chord 20 --repeats 1`` is the smoke test the test suite runs.
 """
 

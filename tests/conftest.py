@@ -25,7 +25,7 @@ REDIS_HOST, REDIS_PORT, REDIS_TEST_DB = "127.0.0.1", 6379, 9
 RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
 
 # The brokers that run the shared contract and worker suites.
-CONTRACT_BROKERS = ["memory", "sqlite", "redis"]
+CONTRACT_BROKERS = ["memory", "sqlite", "redis", "amqp"]
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -28,6 +28,8 @@ from taskframe.brokers.rabbitmq import topology as names
 from taskframe.brokers.rabbitmq.connection import parse_url
 from taskframe.exceptions import BrokerConnectionError, BrokerError
 
+pytestmark = [pytest.mark.rabbitmq]
+
 
 @pytest.fixture
 def plain_url(amqp_url: str) -> str:

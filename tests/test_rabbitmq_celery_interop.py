@@ -28,7 +28,7 @@ celery = pytest.importorskip("celery")
 from celery.signals import before_task_publish  # noqa: E402
 from celery.worker.request import Request  # noqa: E402
 
-pytestmark = [pytest.mark.interop]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.interop]
 
 
 @pytest.fixture
