@@ -66,6 +66,8 @@ logger = logging.getLogger("taskframe.worker")
 @click.option("--pidfile", type=click.Path(dir_okay=False))
 @click.option("--logfile", type=click.Path(dir_okay=False))
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
+@click.option("-B", "--beat", is_flag=True, help="Also run beat (periodic tasks) in this worker.")
+@click.option("-s", "--schedule", "schedule_file", help="With -B: SQLite file for beat's state.")
 @click.pass_context
 def worker(ctx: click.Context, /, **options: Any) -> None:
     """Start a worker."""
@@ -97,9 +99,17 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
     app.finalize()
     click.echo(banner(app, node), err=True)
     _install_signal_handlers(node)
+    embedded_beat = None
+    if options["beat"]:
+        from taskframe.beat.service import EmbeddedService
+
+        embedded_beat = EmbeddedService(app, schedule_filename=options["schedule_file"])
+        embedded_beat.start()
     try:
         node.start()
     finally:
+        if embedded_beat is not None:
+            embedded_beat.stop()
         if options["pidfile"] and os.path.exists(options["pidfile"]):
             os.unlink(options["pidfile"])
 
