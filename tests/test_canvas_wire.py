@@ -82,10 +82,12 @@ class Tasks:
     """The same four tasks, on either framework."""
 
     def __init__(self, app: Any) -> None:
-        self.add = app.task(name="wire.add")(add)
-        self.mul = app.task(name="wire.mul")(mul)
-        self.tsum = app.task(name="wire.tsum")(tsum)
-        self.on_error = app.task(name="wire.on_error")(on_error)
+        # Celery registers tasks on every later app unless shared=False; keep them to this one.
+        options = {"shared": False} if isinstance(app, celery.Celery) else {}
+        self.add = app.task(name="wire.add", **options)(add)
+        self.mul = app.task(name="wire.mul", **options)(mul)
+        self.tsum = app.task(name="wire.tsum", **options)(tsum)
+        self.on_error = app.task(name="wire.on_error", **options)(on_error)
 
 
 @pytest.fixture(scope="module")

@@ -66,15 +66,15 @@ def celery_app() -> Iterator[Celery]:
     app = Celery("interop", broker="memory://", backend="cache+memory://")
     app.conf.task_default_queue = f"tf-interop-{uuid.uuid4().hex}"
 
-    @app.task(name="wire.add")
+    @app.task(name="wire.add", shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="wire.mul")
+    @app.task(name="wire.mul", shared=False)
     def mul(x: int, y: int) -> int:
         return x * y
 
-    @app.task(name="wire.fail")
+    @app.task(name="wire.fail", shared=False)
     def fail(message: str) -> None:
         raise ValueError(message)
 

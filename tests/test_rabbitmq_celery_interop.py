@@ -176,7 +176,7 @@ def test_taskframe_worker_runs_what_celery_sends(celery_app: Any, url: str, queu
     seen: list[Any] = []
     app = Taskframe("tf", broker=url, backend="memory://", set_as_current=False)
 
-    @app.task(name="interop.add", bind=True)
+    @app.task(name="interop.add", bind=True, shared=False)
     def add(self: Any, x: int, y: int) -> int:
         seen.append((x + y, list(self.request.timelimit)))
         return x + y
