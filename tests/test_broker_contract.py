@@ -12,11 +12,18 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from conftest import wait_for
+from conftest import ALL_BROKERS, wait_for
 
 from taskframe.brokers.base import Broker, Delivery, Message, broker_from_url
 
 SHORT_VISIBILITY = 0.5
+
+
+@pytest.fixture(params=ALL_BROKERS)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Every broker, SQS included, runs this suite."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @pytest.fixture

@@ -40,6 +40,12 @@ from taskframe.signals import (
 from taskframe.worker import Worker
 
 
+def require_broadcast(app: Taskframe) -> None:
+    """Remote control travels by broadcast, which some stores (SQS) do not have."""
+    if not app.broker.capabilities.broadcast:
+        pytest.skip(f"{app.broker.scheme}:// has no broadcast, so no remote control")
+
+
 def make_app(broker_url: str, **settings: Any) -> Taskframe:
     """An app on ``broker_url``; results in the same store when it keeps results, else in
     memory (the worker runs in this process)."""
@@ -293,6 +299,7 @@ def test_revoke_with_terminate_stops_a_running_task(app: Taskframe, pool: str) -
             time.sleep(0.01)
 
     forever = forever_async if pool == "asyncio" else forever_sync
+    require_broadcast(app)
     with app.test_worker(pool=pool, hostname="terminator@test"):
         result = forever.delay()
         assert started.wait(10)
@@ -321,8 +328,11 @@ def test_rate_limited_task_does_not_block_others(app: Taskframe) -> None:
             free.delay()
         worker.join()
     assert len(limited_at) == 6 and len(free_done) == 6
+    # 20/s: six runs span at least five intervals (0.25 s; start times jitter by the ack
+    # round trip on remote brokers), and no two run in a burst
     gaps = [later - earlier for earlier, later in itertools.pairwise(limited_at)]
-    assert min(gaps) >= 0.04
+    assert limited_at[-1] - limited_at[0] >= 0.2
+    assert min(gaps) >= 0.02
     assert max(free_done) < limited_at[-1]
 
 
@@ -465,6 +475,8 @@ def test_worker_and_task_signals_are_sent(app: Taskframe) -> None:
 
 
 def test_control_ping_inspect_and_rate_limit(app: Taskframe) -> None:
+    require_broadcast(app)
+
     @app.task
     def noop() -> None:
         return None
