@@ -17,11 +17,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from taskframe.brokers.base import Message
+from taskframe.protocol import new_id
 
 __all__ = ["KOMBU_PROPERTIES", "build_envelope", "open_envelope"]
 
@@ -44,7 +44,7 @@ def build_envelope(
     properties["delivery_info"] = {"exchange": "", "routing_key": queue}
     properties["priority"] = priority
     properties["body_encoding"] = "base64"
-    properties["delivery_tag"] = str(uuid.uuid4())
+    properties["delivery_tag"] = new_id()
     properties.update(extra)
     return {
         "body": base64.b64encode(message.body).decode("ascii"),

@@ -94,12 +94,16 @@ class group(Signature):
         parent_id: str | None = None,
         partial: tuple[Sequence[Any], Mapping[str, Any]] = ((), {}),
     ) -> list[Any]:
-        """Clone and freeze every member in place (flattened); returns their results."""
+        """Clone and freeze every member in place (flattened); returns their results.
+
+        A member this group froze already is frozen again as it is (a chord freezes its
+        header before sending it): a clone would deep-copy the chord body into each one."""
         args, kwargs = partial
         frozen: list[Signature] = []
         results: list[Any] = []
         for index, member in enumerate(self.members()):
-            copy = member.clone(args, kwargs)
+            ours = group_id is not None and member.options.get("group_id") == group_id
+            copy = member if ours and not args and not kwargs else member.clone(args, kwargs)
             results.append(
                 copy.freeze(
                     group_id=group_id,
@@ -186,13 +190,22 @@ def maybe_unroll_group(value: group) -> Signature:
 def publish_signatures(
     app: Taskframe, signatures: Sequence[Signature], options: Mapping[str, Any]
 ) -> None:
-    """Send frozen signatures: plain ones batched through ``publish_many``, the rest one by one."""
+    """Send frozen signatures: plain ones batched through ``publish_many``, the rest one by one.
+
+    A signature shared by the members (a chord's body) becomes its wire dict once, not once
+    per member."""
     batch: list[tuple[str, Message, float, int | None]] = []
+    wire_forms: dict[int, dict[str, Any]] = {}
     for signature in signatures:
         if type(signature) is not Signature:
             signature.apply_async(**options)
             continue
         send_options = {k: v for k, v in {**signature.options, **options}.items() if v is not None}
+        shared = send_options.get("chord")
+        if isinstance(shared, Signature):
+            if id(shared) not in wire_forms:
+                wire_forms[id(shared)] = shared.as_dict()
+            send_options["chord"] = wire_forms[id(shared)]
         task = app.tasks.get(signature.task)
         if task is not None:
             send_options.setdefault("expires", task.expires)

@@ -23,7 +23,7 @@ from taskframe.brokers.base import Broker, Message, ResultBackend, backend_from_
 from taskframe.config import DEFAULT_BROKER_URL, Settings
 from taskframe.context import current_request, set_current_app
 from taskframe.exceptions import ImproperlyConfigured, NotRegistered
-from taskframe.protocol import TaskMessage, encode_task
+from taskframe.protocol import TaskMessage, encode_task, new_id
 from taskframe.result_meta import encode_meta
 from taskframe.routing import Router
 from taskframe.shared import SharedTask, register_shared, shared_factories
@@ -358,15 +358,18 @@ class Taskframe:
         kwargs = dict(kwargs or {})
         if task is None:
             task = self.tasks.get(name)
-        now = utcnow()
         delay = 0.0
-        if countdown is not None:
-            delay = max(0.0, float(countdown))
-            eta = deadline_from(delay, now)
-        elif eta is not None:
-            eta = deadline_from(eta, now)
-            assert eta is not None
-            delay = seconds_until(eta, now)
+        expires_at = None
+        if countdown is not None or eta is not None or expires is not None:
+            now = utcnow()
+            if countdown is not None:
+                delay = max(0.0, float(countdown))
+                eta = deadline_from(delay, now)
+            elif eta is not None:
+                eta = deadline_from(eta, now)
+                assert eta is not None
+                delay = seconds_until(eta, now)
+            expires_at = deadline_from(expires, now)
         parent = current_request()
         root_id = options.pop("root_id", None)
         parent_id = options.pop("parent_id", None)
@@ -376,27 +379,30 @@ class Taskframe:
         route = self.router.route(
             name, args, kwargs, {"queue": queue, "routing_key": routing_key}, task=task
         )
-        queue_name = route.get("queue") or self.conf.task_default_queue
+        conf = self.conf
+        queue_name = route.get("queue") or conf.task_default_queue
         if priority is None:
             priority = route.get("priority")
         if priority is None and task is not None:
             priority = task.priority
         if priority is None:
-            priority = self.conf.task_default_priority
-        if ignore_result is None and task is not None:
-            ignore_result = (
-                task.ignore_result
-                if task.ignore_result is not None
-                else bool(self.conf.task_ignore_result)
-            )
+            priority = conf.task_default_priority
         time_limit = options.pop("time_limit", None)
         soft_time_limit = options.pop("soft_time_limit", None)
+        arg_names = None
         if task is not None:
+            if ignore_result is None:
+                ignore_result = task.ignore_result
+                if ignore_result is None:
+                    ignore_result = bool(conf.task_ignore_result)
             time_limit = task.time_limit if time_limit is None else time_limit
             soft_time_limit = task.soft_time_limit if soft_time_limit is None else soft_time_limit
-        extra_headers = dict(headers or {})
+            serializer = serializer or task.serializer
+            compression = compression or task.compression
+            signature = task.run_signature
+            arg_names = list(signature.parameters) if signature is not None else None
         task_message = TaskMessage(
-            id=task_id or str(uuid.uuid4()),
+            id=task_id or new_id(),
             task=name,
             args=args,
             kwargs=kwargs,
@@ -405,7 +411,7 @@ class Taskframe:
             chain=_signature_dicts(options.pop("chain", None)),
             chord=_signature_dict(options.pop("chord", None)),
             eta=eta,
-            expires=deadline_from(expires, now),
+            expires=expires_at,
             retries=int(options.pop("retries", 0) or 0),
             timelimit=(time_limit, soft_time_limit),
             root_id=root_id,
@@ -420,17 +426,12 @@ class Taskframe:
             replaced_task_nesting=int(options.pop("replaced_task_nesting", 0) or 0),
             stamped_headers=options.pop("stamped_headers", None),
             stamps=options.pop("stamps", None) or {},
-            extra_headers=extra_headers,
+            extra_headers=dict(headers) if headers else {},
         )
-        arg_names = _parameter_names(task)
         message = encode_task(
             task_message,
-            serializer=serializer
-            or (task.serializer if task is not None and task.serializer else None)
-            or self.conf.task_serializer,
-            compression=compression
-            or (task.compression if task is not None else None)
-            or self.conf.task_compression,
+            serializer=serializer or conf.task_serializer,
+            compression=compression or conf.task_compression,
             arg_names=arg_names,
         )
         return queue_name, delay, message
@@ -528,16 +529,6 @@ class Taskframe:
 
 
 Celery = Taskframe
-
-
-def _parameter_names(task: Task[Any, Any] | None) -> list[str] | None:
-    if task is None:
-        return None
-    try:
-        parameters = list(inspect.signature(task.run).parameters)
-    except (TypeError, ValueError):
-        return None
-    return parameters
 
 
 def _signature_dict(value: Any) -> dict[str, Any] | None:

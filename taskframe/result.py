@@ -21,7 +21,6 @@ from taskframe.result_meta import (
     decode_meta,
     encode_group_meta,
     exception_from_dict,
-    is_ready_payload,
 )
 
 if TYPE_CHECKING:
@@ -167,20 +166,16 @@ class AsyncResult(ResultBase, Generic[R]):
             return self._get_following_parents(timeout, interval)
         meta = self._cache
         if meta is None:
-            backend = self._backend_or_fail()
-            serializer = self.app.conf.result_serializer
-            payload = backend.wait(
-                self.id,
-                timeout,
-                lambda data: is_ready_payload(data, serializer),
-                interval=min(interval, 0.05),
+            ready = _ReadyCheck(self.app.conf.result_serializer)
+            payload = self._backend_or_fail().wait(
+                self.id, timeout, ready, interval=min(interval, 0.05)
             )
             if payload is None:
                 raise TimeoutError(
                     f"result of task {self.id} ({self.task_name or 'unknown task'}) not ready "
                     f"after {timeout}s"
                 )
-            meta = decode_meta(payload, serializer)
+            meta = ready.meta_of(payload)
             self._cache = meta
         value: R = self._value_from(meta, propagate)
         return value
@@ -189,7 +184,7 @@ class AsyncResult(ResultBase, Generic[R]):
 
     def _get_following_parents(self, timeout: float | None, interval: float) -> R:
         backend = self._backend_or_fail()
-        serializer = self.app.conf.result_serializer
+        ready = _ReadyCheck(self.app.conf.result_serializer)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             failure = self.parent_failure()
@@ -199,14 +194,9 @@ class AsyncResult(ResultBase, Generic[R]):
             step = PARENT_CHECK_INTERVAL
             if remaining is not None:
                 step = min(remaining, step)
-            payload = backend.wait(
-                self.id,
-                step,
-                lambda data: is_ready_payload(data, serializer),
-                interval=min(interval, 0.05),
-            )
+            payload = backend.wait(self.id, step, ready, interval=min(interval, 0.05))
             if payload is not None:
-                meta = decode_meta(payload, serializer)
+                meta = ready.meta_of(payload)
                 self._cache = meta
                 if meta["status"] in states.PROPAGATE_STATES:
                     failure = self.parent_failure()
@@ -491,6 +481,28 @@ class GroupResult(ResultBase):
 
     def as_tuple(self) -> tuple[Any, ...]:
         return ((self.id, None), [result.as_tuple() for result in self.results])
+
+
+class _ReadyCheck:
+    """The ``is_ready`` predicate of a backend wait; it keeps the meta it decoded last, so
+    ``get()`` decodes the ready result once instead of twice."""
+
+    def __init__(self, serializer: str) -> None:
+        self.serializer = serializer
+        self.payload: bytes | None = None
+        self.meta: dict[str, Any] = {}
+
+    def __call__(self, payload: bytes) -> bool:
+        meta = decode_meta(payload, self.serializer)
+        if meta["status"] not in states.READY_STATES:
+            return False
+        self.payload, self.meta = payload, meta
+        return True
+
+    def meta_of(self, payload: bytes) -> dict[str, Any]:
+        if payload == self.payload:
+            return self.meta
+        return decode_meta(payload, self.serializer)
 
 
 def _result_id(value: Any) -> str | None:

@@ -7,6 +7,7 @@ parameters (``ParamSpec``) for ``delay`` and its return type for ``AsyncResult[R
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -165,14 +166,22 @@ class Task(Generic[P, R]):
         )
 
     def _check_arguments(self, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-        try:
-            signature = inspect.signature(self.run)
-        except (TypeError, ValueError):
+        signature = self.run_signature
+        if signature is None:
             return
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}() {exc}") from None
+
+    @functools.cached_property
+    def run_signature(self) -> inspect.Signature | None:
+        """``inspect.signature(self.run)``, worked out once per task: it costs more than the
+        rest of a send. None when the callable has no readable signature."""
+        try:
+            return inspect.signature(self.run)
+        except (TypeError, ValueError):
+            return None
 
     # -- signatures --------------------------------------------------------------------------
 

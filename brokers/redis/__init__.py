@@ -62,6 +62,10 @@ A list entry that is not a kombu envelope is not recorded as unacked; ``receive`
 with its raw bytes as the body, no headers and content type ``application/x-unknown``, for
 the worker to dead-letter (``dead_letter`` then parks it with a base64 body).
 
+Connections per process: the broker's pool (pipelines, receives), one held connection for
+single publishes, and, for the backend, one held connection for its short commands and one
+pub/sub connection shared by every ``get()`` that waits (see :mod:`.listener`).
+
 Backend keys, Celery's: ``celery-task-meta-<id>`` (result JSON, published on the channel of
 the same name, not db-scoped), ``celery-taskset-meta-<gid>`` (group), and the chord keys
 ``<group key>.s`` (size), ``.j`` (zset of ``[1, id, state, result]`` by group index),

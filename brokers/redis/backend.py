@@ -12,7 +12,13 @@ from typing import Any, ClassVar
 
 from taskframe.brokers.base import ResultBackend
 from taskframe.brokers.redis import scripts
-from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
+from taskframe.brokers.redis.connection import (
+    DedicatedClient,
+    connect,
+    parse_url,
+    translate_errors,
+)
+from taskframe.brokers.redis.listener import ResultListener
 from taskframe.exceptions import ChordError
 
 __all__ = ["RedisBackend"]
@@ -47,18 +53,24 @@ class RedisBackend(ResultBackend):
         self.target = parse_url(url)
         self.recheck_interval = float(self.options.get("wait_recheck_interval", 10.0))
         self.client = connect(self.target, self.options)
+        self._commands = DedicatedClient(self.client)
         self._set_script = self.client.register_script(scripts.SET_RESULT)
         self._chord_script = self.client.register_script(scripts.CHORD_PART)
         self._adjust_script = self.client.register_script(scripts.CHORD_ADJUST)
+        self._listener = ResultListener(self.client, self.recheck_interval)
 
     def set(self, task_id: str, payload: bytes, *, expires: float | None) -> None:
         """GET, SET (with expiry) and PUBLISH in one script; a stored SUCCESS is kept."""
         with translate_errors(self.target):
-            self._set_script(keys=[TASK_PREFIX + task_id], args=[payload, _ms(expires)])
+            self._set_script(
+                keys=[TASK_PREFIX + task_id],
+                args=[payload, _ms(expires)],
+                client=self._commands.get(),
+            )
 
     def get(self, task_id: str) -> bytes | None:
         with translate_errors(self.target):
-            value: bytes | None = self.client.get(TASK_PREFIX + task_id)
+            value: bytes | None = self._commands.get().get(TASK_PREFIX + task_id)
         return value
 
     def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
@@ -79,45 +91,18 @@ class RedisBackend(ResultBackend):
         is_ready: Callable[[bytes], bool],
         interval: float = 0.01,
     ) -> bytes | None:
-        """Subscribe to the result's channel first, then GET (a result stored in between is
-        not missed), then sleep on the subscription until a ready result is published.
+        """Subscribe to the result's channel first (on the one connection this backend's
+        waiters share in this process), then GET, so a result stored in between is not
+        missed; then sleep on the subscription until a ready result is published.
 
         After ``wait_recheck_interval`` seconds (10) of silence it GETs once more, so a
         result published while the subscription was reconnecting is still seen."""
         key = TASK_PREFIX + task_id
         deadline = None if timeout is None else time.monotonic() + timeout
         with translate_errors(self.target):
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(key)
-                while True:
-                    payload = self.client.get(key)
-                    if payload is not None and is_ready(payload):
-                        return bytes(payload)
-                    found = self._listen(pubsub, deadline, is_ready)
-                    if found is not None:
-                        return found
-                    if deadline is not None and time.monotonic() >= deadline:
-                        return None
-            finally:
-                pubsub.close()
-
-    def _listen(
-        self, pubsub: Any, deadline: float | None, is_ready: Callable[[bytes], bool]
-    ) -> bytes | None:
-        """A ready payload published before the deadline or the recheck interval, else None."""
-        until = time.monotonic() + self.recheck_interval
-        if deadline is not None:
-            until = min(until, deadline)
-        while True:
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return None
-            message = pubsub.get_message(timeout=remaining)
-            if message is not None and message["type"] == "message":
-                data = bytes(message["data"])
-                if is_ready(data):
-                    return data
+            return self._listener.wait(
+                key, lambda: self._commands.get().get(key), is_ready, deadline
+            )
 
     def set_group(self, group_id: str, payload: bytes, *, expires: float | None) -> None:
         with translate_errors(self.target):
@@ -150,6 +135,7 @@ class RedisBackend(ResultBackend):
             reply = self._chord_script(
                 keys=[key + ".j", key + ".t", key + ".s", key + ".d", key, key + ".c"],
                 args=[_task_id_of(part), index, part, _ms(expires)],
+                client=self._commands.get(),
             )
         if reply == -1:
             raise ChordError(f"chord {group_id} was never started (or its counter expired)")
@@ -163,5 +149,7 @@ class RedisBackend(ResultBackend):
             raise ChordError(f"chord {group_id} was never started (or its counter expired)")
 
     def close(self) -> None:
+        self._listener.close()
+        self._commands.close()
         self.client.close()
         self.client.connection_pool.disconnect()

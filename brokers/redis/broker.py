@@ -20,7 +20,12 @@ from redis.exceptions import LockError
 from taskframe.brokers.base import Broker, Capabilities, DeadLetter, Delivery, Message, Subscription
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
-from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
+from taskframe.brokers.redis.connection import (
+    DedicatedClient,
+    connect,
+    parse_url,
+    translate_errors,
+)
 from taskframe.exceptions import BrokerConnectionError
 
 __all__ = ["RedisBroker", "RedisDelivery"]
@@ -130,6 +135,7 @@ class RedisBroker(Broker):
             prefix if isinstance(prefix, str) else f"/{self.target.db}." if prefix else ""
         )
         self.client = connect(self.target, options)
+        self._producer = DedicatedClient(self.client)
         self._receive_script = self.client.register_script(scripts.RECEIVE)
         self._promote_script = self.client.register_script(scripts.PROMOTE)
         self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
@@ -148,11 +154,23 @@ class RedisBroker(Broker):
     def publish(
         self, queue: str, message: Message, *, delay: float = 0.0, priority: int | None = None
     ) -> None:
-        self.publish_many([(queue, message, delay, priority)])
+        """One LPUSH for a message to send now on a declared queue; anything else (a delay,
+        the first message to a queue, a promotion due) goes through :meth:`publish_many`."""
+        promotion_due = time.monotonic() >= self._next_promote
+        if (delay > 0 and self.durable_delays) or queue not in self._declared or promotion_due:
+            self.publish_many([(queue, message, delay, priority)])
+            return
+        number, envelope = kombu.encode(queue, message, priority)
+        with translate_errors(self.target):
+            self._producer.execute("LPUSH", kombu.list_key(queue, number), json.dumps(envelope))
 
     def publish_many(self, items: Iterable[tuple[str, Message, float, int | None]]) -> None:
-        """All items in one pipelined round trip (plus a due-message promotion now and then)."""
+        """All items in one pipelined round trip (plus a due-message promotion now and then).
+
+        Messages for one list go out as one multi-value LPUSH, which pushes them in the
+        order given, exactly as one LPUSH each would, for a fraction of the client's work."""
         now = time.time()
+        ready: dict[str, list[str]] = {}
         with translate_errors(self.target):
             pipe = self.client.pipeline(transaction=False)
             for queue, message, delay, priority in items:
@@ -165,7 +183,9 @@ class RedisBroker(Broker):
                     pipe.zadd(DELAYED, {member: now + delay})
                     pipe.hincrby(DELAYED_COUNTS, queue, 1)
                 else:
-                    pipe.lpush(key, data)
+                    ready.setdefault(key, []).append(data)
+            for key, values in ready.items():
+                pipe.lpush(key, *values)
             if time.monotonic() >= self._next_promote:
                 self._next_promote = time.monotonic() + self.promote_interval
                 self._promote_script(
@@ -522,5 +542,6 @@ class RedisBroker(Broker):
     def close(self) -> None:
         if self._unsent_acks:
             self._remove_unacked([])
+        self._producer.close()
         self.client.close()
         self.client.connection_pool.disconnect()

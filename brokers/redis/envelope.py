@@ -44,7 +44,8 @@ def clamp_priority(value: object) -> int:
 
 
 def list_key(queue: str, priority: int) -> str:
-    step = max(step for step in PRIORITY_STEPS if step <= clamp_priority(priority))
+    number = clamp_priority(priority)
+    step = number - number % 3  # the largest of PRIORITY_STEPS not above the number
     return f"{queue}{SEP}{step}" if step else queue
 
 
