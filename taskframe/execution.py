@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskframe import signals, states
+from taskframe.canvas.followups import on_chord_part, on_failure, on_success
 from taskframe.context import Context, request_context
 from taskframe.exceptions import (
     Ignore,
@@ -228,15 +229,11 @@ class _Run:
         return error
 
     def _success(self, task: Task[Any, Any], retval: Any) -> Outcome:
-        from taskframe.canvas.followups import on_success
-
         children = on_success(self.app, self.request, retval)
         if not self._ignore_result(task):
             self.app.store_result(
                 self.message.id, states.SUCCESS, retval, request=self.request, children=children
             )
-        from taskframe.canvas.followups import on_chord_part
-
         on_chord_part(self.app, self.request, states.SUCCESS, retval)
         task.on_success(retval, self.message.id, self.message.args, self.message.kwargs)
         if signals.task_success.has_receivers():
@@ -272,8 +269,6 @@ class _Run:
 
     def _failure(self, task: Task[Any, Any], error: BaseException) -> Outcome:
         trace = _format_traceback(error)
-        from taskframe.canvas.followups import on_chord_part, on_failure
-
         if not self._ignore_result(task) or task.store_errors_even_if_ignored:
             self.app.store_result(
                 self.message.id, states.FAILURE, error, traceback=trace, request=self.request

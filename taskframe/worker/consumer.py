@@ -4,7 +4,10 @@
 start the pool, then loop. One thread receives and settles every message (pika connections are
 not thread-safe). Each turn of the loop hands ready jobs to free pool slots, fetches more
 messages up to the prefetch limit (``prefetch_multiplier * concurrency`` messages held at
-most, running or not), and settles finished jobs; acks of one turn go out in one batch.
+most, running or not, plus what the pool queues beyond its running jobs: the prefork
+children's queues), and settles finished jobs; acks of one turn go out in one batch. Fetches
+wait until half the window is free (or the pool has nothing to run), so each receive brings
+a batch, not one message.
 
 Acknowledgement, derived once per task from Celery's booleans
 (:class:`~taskframe.worker.settle.AckMode`):
@@ -122,7 +125,6 @@ class Worker:
         )
         self.prefetch_limit = max(1, int(multiplier) * self.concurrency) if multiplier else 10_000
         self.optimization = optimization
-        self._low_water = max(1, self.prefetch_limit // 2)
         self.burst = burst
         self.shutdown_timeout = float(
             conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
@@ -133,11 +135,14 @@ class Worker:
             self.concurrency,
             self.hostname,
             optimization == "fair",
+            max(1, self.prefetch_limit // self.concurrency),
             max_tasks_per_child=max_tasks_per_child or conf.worker_max_tasks_per_child,
             max_memory_per_child=max_memory_per_child or conf.worker_max_memory_per_child,
             time_limit=time_limit or conf.task_time_limit,
             soft_time_limit=soft_time_limit or conf.task_soft_time_limit,
         )
+        self._window = self.prefetch_limit
+        self._low_water = max(1, self._window // 2)
         self.revoked = Revoked()
         self.rate_limits = RateLimits(app)
         self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -222,10 +227,10 @@ class Worker:
             try:
                 self._housekeeping()
                 self._dispatch()
-                room = self.prefetch_limit - len(self._held)
+                room = self._window - len(self._held)
                 free = pool.free_slots() > 0
                 received: list[Delivery] = []
-                if room >= self._low_water or (room > 0 and not self._ready):
+                if room >= self._low_water or (room > 0 and free and not self._ready):
                     timeout = 0.0
                     if free and not self._ready:
                         idle = BUSY_RECEIVE_TIMEOUT if self.burst else IDLE_RECEIVE_TIMEOUT
@@ -314,8 +319,8 @@ class Worker:
             if not self.settler.mode(job.task_name).late:
                 self.settler.ack(self._held[job.number])
         self.settler.flush()
-        for job in batch:
-            self.pool.submit(job)
+        if batch:
+            self.pool.submit_many(batch)
 
     # -- settling ------------------------------------------------------------------------------
 
@@ -472,12 +477,18 @@ def _visibility_timeout(app: Taskframe) -> float:
 
 
 def _make_pool(
-    name: str, app: Taskframe, concurrency: int, hostname: str, fair: bool, **options: Any
+    name: str,
+    app: Taskframe,
+    concurrency: int,
+    hostname: str,
+    fair: bool,
+    depth: int,
+    **options: Any,
 ) -> Pool:
     if name == "prefork":
         from taskframe.worker.prefork import PreforkPool
 
-        return PreforkPool(app, concurrency, hostname, fair=fair, **options)
+        return PreforkPool(app, concurrency, hostname, fair=fair, depth=depth, **options)
     if name == "asyncio":
         from taskframe.worker.asyncio_pool import AsyncioPool
 

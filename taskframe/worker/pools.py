@@ -75,8 +75,19 @@ class Pool(ABC):
     def in_flight(self) -> int:
         return len(self.active)
 
+    @property
+    def queue_capacity(self) -> int:
+        """Jobs the pool can hold beyond the running ones (prefork children's queues); the
+        consumer's prefetch window grows by this much, so a full pool still leaves it room."""
+        return 0
+
     @abstractmethod
     def submit(self, job: Job) -> None: ...
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Hand over several jobs at once (prefork sends a child its share in one write)."""
+        for job in jobs:
+            self.submit(job)
 
     @abstractmethod
     def poll(self, timeout: float) -> list[Report]:

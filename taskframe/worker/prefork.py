@@ -1,11 +1,16 @@
 """The prefork pool: child processes, supervised by the worker's main process.
 
 Each child owns one duplex pipe. The parent sends it jobs (the message as received, body still
-encoded) and reads back one :class:`Report` per job, waiting on all pipes and process
-sentinels at once, so a child that dies is seen at once. By default a child holds up to
-:data:`CHILD_QUEUE` jobs, the one it runs and the next ones, so it never waits for the parent
-between tasks and the parent acks in larger batches; with ``-O fair`` it holds one, and gets a
-job only when it is free (better for long tasks of uneven length). The parent:
+encoded, packed as plain tuples) and reads back one :class:`Report` per job, waiting on all
+pipes and process sentinels at once, so a child that dies is seen at once. By default a child
+holds its share of the worker's prefetch (``worker_prefetch_multiplier`` jobs, at most
+:data:`CHILD_QUEUE`), the one it runs and the next ones, so it never waits for the parent
+between tasks, and the worker never holds more than the prefetch limit. A child is refilled
+once it is down to half of that, with its whole share in one pipe write, so jobs (and the early
+acks sent before them) go out in batches. While every child is well stocked the parent naps
+:data:`SATURATED_NAP` between reads instead of waking for each report. With ``-O fair`` a
+child holds one job, and gets one only when it is free (better for long tasks of uneven
+length). The parent:
 
 * replaces a child that dies, reports the job it was running as lost (``WorkerLostError``;
   the consumer fails or requeues it) and hands the job it had not started to another child;
@@ -15,18 +20,24 @@ job only when it is free (better for long tasks of uneven length). The parent:
 * on a revoke with ``terminate`` sends the signal to the child when it runs that task;
 * recycles a child after ``max_tasks_per_child`` tasks or past ``max_memory_per_child`` KiB
   of resident memory (``/proc/self/statm``, checked after each task): the child says so with
-  its report, the parent sends it nothing more, and stops it once it has run what it holds;
-* on :meth:`restart` (SIGHUP) replaces every child the same way.
+  its report and sends back the jobs it has not started, which go to the next child; the
+  parent sends it nothing more and stops it;
+* on :meth:`restart` (SIGHUP) replaces every child once it has run what it holds.
 
-A child always runs every job it was sent before it stops: when it is told to stop, and when
-the parent has died (its reports then fail; children close each other's pipe ends, so the
-parent's death shows as the end of the pipe). So a job handed over and acked (early ack) is
-run even if the whole worker is killed, and never lost unstarted.
+Before each fork the parent's objects are moved out of the garbage collector's reach
+(``gc.freeze``), so a child's collections do not write to them and their pages stay shared
+with the parent instead of being copied into every child.
+
+A child always runs every job it was sent and did not hand back before it stops: when it is
+told to stop, and when the parent has died (its reports then fail; children close each other's
+pipe ends, so the parent's death shows as the end of the pipe). So a job handed over and
+acked (early ack) is run even if the whole worker is killed, and never lost unstarted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -60,8 +71,12 @@ __all__ = ["PreforkPool"]
 logger = logging.getLogger("taskframe.worker")
 
 STOP = b""
-CHILD_QUEUE = 4
+CHILD_QUEUE = 16
 """Jobs a child holds at most (the one it runs and those next), unless ``-O fair``."""
+READ_SIZE = 1 << 16
+SATURATED_NAP = 0.001
+"""While every child is well stocked, the parent sleeps this long between reads instead of
+waking for each report, and reads the reports that piled up in one go."""
 
 
 @dataclass
@@ -74,6 +89,7 @@ class _Child:
     terminate: dict[str, int] = field(default_factory=dict)
     terminated: int | None = None
     retire: bool = False
+    inbox: bytearray = field(default_factory=bytearray)
 
 
 class PreforkPool(Pool):
@@ -86,10 +102,12 @@ class PreforkPool(Pool):
         hostname: str,
         *,
         fair: bool = False,
+        depth: int = CHILD_QUEUE,
         **options: Any,
     ) -> None:
         super().__init__(app, concurrency, hostname, **options)
-        self.depth = 1 if fair else CHILD_QUEUE
+        self.depth = 1 if fair else max(1, min(depth, CHILD_QUEUE))
+        self._refill_at = self.depth // 2
         self._context = multiprocessing.get_context("fork")
         self._children: list[_Child] = []
         self._backlog: deque[Job] = deque()
@@ -117,6 +135,8 @@ class PreforkPool(Pool):
             name="taskframe-child",
             daemon=True,
         )
+        gc.collect()
+        gc.freeze()
         with self.fork_lock:
             process.start()
         child_end.close()
@@ -125,31 +145,51 @@ class PreforkPool(Pool):
     def pids(self) -> list[int]:
         return [child.process.pid for child in self._children if child.process.pid is not None]
 
+    @property
+    def queue_capacity(self) -> int:
+        return self.concurrency * (self.depth - 1)
+
     def free_slots(self) -> int:
-        room = sum(self.depth - len(c.jobs) for c in self._children if not c.retire)
+        """Room in the children due for more work: a child is refilled once it is down to half
+        its queue, so jobs (and the acks before them) go out in batches, not one by one."""
+        room = sum(
+            self.depth - len(c.jobs)
+            for c in self._children
+            if not c.retire and len(c.jobs) <= self._refill_at
+        )
         return room - len(self._backlog)
 
     def submit(self, job: Job) -> None:
-        self.active[job.number] = job
-        self._backlog.append(job)
+        self.submit_many([job])
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.active[job.number] = job
+        self._backlog.extend(jobs)
         self._feed()
 
     def _feed(self) -> None:
-        """Hand backlog jobs to the children with the fewest jobs."""
+        """Share the backlog among the children with room, least loaded first; each child's
+        share goes in one pipe write."""
         while self._backlog:
             open_children = [c for c in self._children if not c.retire and len(c.jobs) < self.depth]
             if not open_children:
                 return
             child = min(open_children, key=lambda c: len(c.jobs))
-            job = self._backlog.popleft()
+            share = -(-len(self._backlog) // len(open_children))
+            count = min(self.depth - len(child.jobs), share)
+            batch = [self._backlog.popleft() for _ in range(count)]
             try:
-                child.connection.send_bytes(pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL))
+                child.connection.send_bytes(
+                    pickle.dumps([job.pack() for job in batch], protocol=pickle.HIGHEST_PROTOCOL)
+                )
             except OSError:
-                self._backlog.appendleft(job)
+                self._backlog.extendleft(reversed(batch))
                 child.retire = True
                 continue
-            child.jobs.append(job)
-            if len(child.jobs) == 1:
+            was_idle = not child.jobs
+            child.jobs.extend(batch)
+            if was_idle:
                 self._begin(child, time.monotonic())
 
     def _begin(self, child: _Child, now: float) -> None:
@@ -168,7 +208,11 @@ class PreforkPool(Pool):
         for child in self._children:
             waitables[child.connection] = child
             waitables[child.process.sentinel] = child
-        for item in wait(list(waitables), timeout=self._bounded_by_deadlines(timeout)):
+        timeout = self._bounded_by_deadlines(timeout)
+        if timeout > 0 and self._saturated():
+            time.sleep(min(timeout, SATURATED_NAP))
+            timeout = 0.0
+        for item in wait(list(waitables), timeout=timeout):
             child = waitables[item]
             if item is child.connection and child in self._children:
                 reports.extend(self._read(child))
@@ -182,6 +226,10 @@ class PreforkPool(Pool):
             self.active.pop(report.number, None)
         return reports
 
+    def _saturated(self) -> bool:
+        """Every child has more queued than the refill mark: nothing to hand out for a while."""
+        return self.depth > 1 and all(len(c.jobs) > self._refill_at for c in self._children)
+
     def _bounded_by_deadlines(self, timeout: float) -> float:
         deadlines = [child.deadline for child in self._children if child.deadline is not None]
         if not deadlines:
@@ -189,23 +237,42 @@ class PreforkPool(Pool):
         return max(0.0, min(timeout, min(deadlines) - time.monotonic()))
 
     def _read(self, child: _Child) -> list[Report]:
-        """Every report the child has written so far."""
+        """Every report the child has written so far: one read takes all that are waiting
+        (they are framed as ``Connection.send_bytes`` frames them), instead of a poll and two
+        reads per report."""
         reports: list[Report] = []
         while child.jobs and child.connection.poll():
             try:
-                report, leaving = pickle.loads(child.connection.recv_bytes())
-            except (EOFError, OSError):
+                data = os.read(child.connection.fileno(), READ_SIZE)
+            except OSError:
                 break
-            child.jobs.popleft()
-            child.deadline = None
-            reports.append(report)
-            if leaving:
-                child.retire = True
-            if child.jobs:
-                self._begin(child, time.monotonic())
+            if not data:
+                break
+            child.inbox += data
+            now = time.monotonic()
+            for frame in _frames(child.inbox):
+                report, leaving, returned = pickle.loads(frame)
+                if leaving:
+                    child.retire = True
+                if returned:
+                    self._take_back(child, set(returned))
+                    continue
+                child.jobs.popleft()
+                child.deadline = None
+                reports.append(report)
+                if child.jobs:
+                    self._begin(child, now)
         if child.retire and not child.jobs and child.process.is_alive():
             self._retire(child)
         return reports
+
+    def _take_back(self, child: _Child, numbers: set[int]) -> None:
+        """Jobs a leaving child sent back unstarted go first to the next child."""
+        returned = [job for job in child.jobs if job.number in numbers]
+        child.jobs = deque(job for job in child.jobs if job.number not in numbers)
+        if not child.jobs:
+            child.deadline = None
+        self._backlog.extendleft(reversed(returned))
 
     def _replace(self, child: _Child) -> list[Report]:
         """Forget a dead child: its running job is lost, the others go to another child."""
@@ -333,10 +400,13 @@ def _child_main(
     max_memory_kib: int | None,
     soft_time_limit: float | None,
 ) -> None:
-    """A child's life: take a job, run it, report, until told to stop or the parent is gone.
+    """A child's life: take a batch of jobs, run each and report it, until told to stop or
+    the parent is gone.
 
-    Past its task or memory budget it says so with its report and keeps running what it is
-    sent until the parent, which sends it nothing more, tells it to stop."""
+    Each message to the parent is ``(report, leaving, unstarted job numbers)``. Past its task
+    or memory budget the child says so with its report, hands back what it has not started
+    (the parent sends it nothing more) and waits to be told to stop. With the parent gone it
+    runs everything it holds, since those jobs may have been acked."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -354,28 +424,59 @@ def _child_main(
             break
         if not data:
             break
-        job: Job = pickle.loads(data)
-        report = run_job(app, job, hostname, soft_time_limit)
-        done += 1
-        if not leaving and max_tasks and done >= max_tasks:
-            leaving = True
-        if not leaving and max_memory_kib and _rss_kib() > max_memory_kib:
-            logger.warning(
-                "child %s passed max_memory_per_child (%s KiB); recycling",
-                os.getpid(),
-                max_memory_kib,
-            )
-            leaving = True
-        if not orphaned:
-            try:
-                connection.send_bytes(
-                    pickle.dumps((report, leaving), protocol=pickle.HIGHEST_PROTOCOL)
+        batch = pickle.loads(data)
+        for index, packed in enumerate(batch):
+            if leaving and not orphaned:
+                unstarted = [item[0] for item in batch[index:]]
+                orphaned = not _send(connection, (None, True, unstarted))
+                if not orphaned:
+                    break
+            report = run_job(app, Job.unpack(packed), hostname, soft_time_limit)
+            done += 1
+            if not leaving and max_tasks and done >= max_tasks:
+                leaving = True
+            if not leaving and max_memory_kib and _rss_kib() > max_memory_kib:
+                logger.warning(
+                    "child %s passed max_memory_per_child (%s KiB); recycling",
+                    os.getpid(),
+                    max_memory_kib,
                 )
-            except OSError:
-                orphaned = True
+                leaving = True
+            if not orphaned:
+                orphaned = not _send(connection, (report, leaving, []))
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     connection.close()
     os._exit(0)
+
+
+def _frames(inbox: bytearray) -> list[bytes]:
+    """Take the complete frames off the front of ``inbox``: a signed 4-byte big-endian size,
+    or -1 and an 8-byte size for huge ones, then the payload."""
+    frames: list[bytes] = []
+    offset = 0
+    while len(inbox) - offset >= 4:
+        size = int.from_bytes(inbox[offset : offset + 4], "big", signed=True)
+        start = offset + 4
+        if size == -1:
+            if len(inbox) - offset < 12:
+                break
+            size = int.from_bytes(inbox[start : start + 8], "big")
+            start += 8
+        if len(inbox) - start < size:
+            break
+        frames.append(bytes(inbox[start : start + size]))
+        offset = start + size
+    del inbox[:offset]
+    return frames
+
+
+def _send(connection: Connection, message: tuple[Report | None, bool, list[int]]) -> bool:
+    """Write one message to the parent; False once the parent is gone."""
+    try:
+        connection.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        return False
+    return True
 
 
 def _rss_kib() -> int:
