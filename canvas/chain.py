@@ -39,20 +39,22 @@ def steps_from(tasks: tuple[Any, ...]) -> list[Any]:
     return list(tasks)
 
 
-@register_type("chain")
-class chain(Signature):
-    """``chain(a.s(), b.s(), c.s())`` or ``a.s() | b.s() | c.s()``."""
+class TaskList(Signature):
+    """A signature made of other signatures, kept in ``kwargs["tasks"]`` as Celery encodes
+    chains and groups (``{"task": "celery.<kind>", "kwargs": {"tasks": [...]}}``)."""
+
+    kind = ""
 
     def __init__(self, *tasks: Any, app: Taskframe | None = None, **options: Any) -> None:
-        steps = steps_from(tasks)
-        app = app or app_of(steps)
+        members = steps_from(tasks)
+        app = app or app_of(members)
         args = options.pop("args", ())
         super().__init__(
-            "celery.chain",
+            f"celery.{self.kind}",
             args,
-            {"tasks": [from_dict(step, app) for step in steps]},
+            {"tasks": [from_dict(member, app) for member in members]},
             options,
-            subtask_type="chain",
+            subtask_type=self.kind,
             app=app,
         )
 
@@ -68,6 +70,13 @@ class chain(Signature):
     def tasks(self) -> list[Signature]:
         tasks: list[Signature] = self.kwargs["tasks"]
         return tasks
+
+
+@register_type("chain")
+class chain(TaskList):
+    """``chain(a.s(), b.s(), c.s())`` or ``a.s() | b.s() | c.s()``."""
+
+    kind = "chain"
 
     def __or__(self, other: Any) -> Any:
         if not isinstance(other, Signature):

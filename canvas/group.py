@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskframe import signals
 from taskframe.brokers.base import Message
-from taskframe.canvas.chain import app_of, steps_from
+from taskframe.canvas.chain import TaskList
 from taskframe.canvas.signature import Signature, from_dict, register_type
 
 if TYPE_CHECKING:
@@ -29,34 +29,10 @@ PUBLISH_BATCH = 500
 
 
 @register_type("group")
-class group(Signature):
+class group(TaskList):
     """``group(add.s(1, 1), add.s(2, 2))`` or ``group(add.s(i, i) for i in range(10))``."""
 
-    def __init__(self, *tasks: Any, app: Taskframe | None = None, **options: Any) -> None:
-        members = steps_from(tasks)
-        app = app or app_of(members)
-        args = options.pop("args", ())
-        super().__init__(
-            "celery.group",
-            args,
-            {"tasks": [from_dict(member, app) for member in members]},
-            options,
-            subtask_type="group",
-            app=app,
-        )
-
-    @classmethod
-    def from_wire(cls, value: Mapping[str, Any], app: Taskframe | None) -> Signature:
-        options = dict(value.get("options") or {})
-        made = cls(*(value.get("kwargs") or {}).get("tasks", ()), app=app, **options)
-        made.args = tuple(value.get("args") or ())
-        made.immutable = bool(value.get("immutable"))
-        return made
-
-    @property
-    def tasks(self) -> list[Signature]:
-        tasks: list[Signature] = self.kwargs["tasks"]
-        return tasks
+    kind = "group"
 
     def __or__(self, other: Any) -> Any:
         """``group | task`` is a chord with the task as its body, as in Celery."""

@@ -396,6 +396,26 @@ def fail_unfinished(
         return run._failure(task, error)
 
 
+def _prepare(
+    app: Taskframe,
+    message: TaskMessage,
+    hostname: str | None,
+    delivery_info: dict[str, Any] | None,
+    is_eager: bool,
+) -> tuple[_Run, Task[Any, Any]] | Outcome:
+    """The run and its task, or the outcome of a call that must not run (expired, unknown)."""
+    if not is_eager and expired(message):
+        return revoked_outcome(app, message, "expired")
+    request = build_request(
+        message, hostname=hostname, delivery_info=delivery_info, is_eager=is_eager
+    )
+    run = _Run(app, message, request)
+    try:
+        return run, app.get_task(message.task)
+    except NotRegistered as exc:
+        return run.unknown(exc)
+
+
 def execute(
     app: Taskframe,
     message: TaskMessage,
@@ -405,16 +425,11 @@ def execute(
     is_eager: bool = False,
 ) -> Outcome:
     """Run one task call to completion in this thread."""
-    if not is_eager and expired(message):
-        return revoked_outcome(app, message, "expired")
-    request = build_request(
-        message, hostname=hostname, delivery_info=delivery_info, is_eager=is_eager
-    )
-    run = _Run(app, message, request)
-    try:
-        task = app.get_task(message.task)
-    except NotRegistered as exc:
-        return run.unknown(exc)
+    prepared = _prepare(app, message, hostname, delivery_info, is_eager)
+    if isinstance(prepared, Outcome):
+        return prepared
+    run, task = prepared
+    request = run.request
     with request_context(request), task_log_context(message.task, message.id):
         retval: Any = None
         error: BaseException | None = None
@@ -438,14 +453,11 @@ async def execute_async(
 ) -> Outcome:
     """Run one task call on the running event loop; sync tasks run through ``run_sync``
     (a thread), so they never block the loop."""
-    if expired(message):
-        return revoked_outcome(app, message, "expired")
-    request = build_request(message, hostname=hostname, delivery_info=delivery_info, is_eager=False)
-    run = _Run(app, message, request)
-    try:
-        task = app.get_task(message.task)
-    except NotRegistered as exc:
-        return run.unknown(exc)
+    prepared = _prepare(app, message, hostname, delivery_info, False)
+    if isinstance(prepared, Outcome):
+        return prepared
+    run, task = prepared
+    request = run.request
     with request_context(request), task_log_context(message.task, message.id):
         retval: Any = None
         error: BaseException | None = None

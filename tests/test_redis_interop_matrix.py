@@ -143,29 +143,11 @@ def test_celery_sends_taskframe_runs(
             assert (run["at"], run["side"]) == (ran_at, "taskframe")
             ran_once.append(stamp_key)
 
-        def retry() -> None:
-            attempts_key = key("attempts")
-            result = celery_client.send_task("interop.flaky", (attempts_key, 2))
-            assert result.get(timeout=20) == {"attempts": 3, "retries": 2, "side": "taskframe"}
-            assert int(client.get(attempts_key) or 0) == 3
-
-        def result_read() -> None:
-            value = {"nested": [1, {"two": 2.5}], "text": "ünïcode"}
-            described = celery_client.send_task("interop.describe", (value,)).get(timeout=20)
-            assert described == {
-                "echo": value,
-                "side": "taskframe",
-                "items": [1, 2.5, "three", None, True],
-            }
-            failing = celery_client.send_task("interop.fail", ("boom",))
-            with pytest.raises(ValueError, match="boom"):
-                failing.get(timeout=20)
-            assert failing.state == "FAILURE"
-
         check(direction, "plain", plain)
         check(direction, "countdown", countdown)
-        check(direction, "retry", retry)
-        check(direction, "result read", result_read)
+        attempts = key("attempts")
+        check(direction, "retry", lambda: check_retry(celery_client, client, attempts, "taskframe"))
+        check(direction, "result read", lambda: check_result_read(celery_client, "taskframe"))
     finally:
         worker.stop()
 
@@ -238,29 +220,11 @@ def test_taskframe_sends_celery_runs(
                 assert (run["at"], run["side"]) == (ran_at, "celery")
             ran_once.append(durable_key)
 
-        def retry() -> None:
-            attempts_key = key("attempts")
-            result = taskframe_client.send_task("interop.flaky", (attempts_key, 2))
-            assert result.get(timeout=20) == {"attempts": 3, "retries": 2, "side": "celery"}
-            assert int(client.get(attempts_key) or 0) == 3
-
-        def result_read() -> None:
-            value = {"nested": [1, {"two": 2.5}], "text": "ünïcode"}
-            described = taskframe_client.send_task("interop.describe", (value,)).get(timeout=20)
-            assert described == {
-                "echo": value,
-                "side": "celery",
-                "items": [1, 2.5, "three", None, True],
-            }
-            failing = taskframe_client.send_task("interop.fail", ("boom",))
-            with pytest.raises(ValueError, match="boom"):
-                failing.get(timeout=20)
-            assert failing.state == "FAILURE"
-
         check(direction, "plain", plain)
         check(direction, "countdown", countdown)
-        check(direction, "retry", retry)
-        check(direction, "result read", result_read)
+        attempts = key("attempts")
+        check(direction, "retry", lambda: check_retry(taskframe_client, client, attempts, "celery"))
+        check(direction, "result read", lambda: check_result_read(taskframe_client, "celery"))
     finally:
         worker.stop()
 
@@ -281,3 +245,21 @@ def test_taskframe_sends_celery_runs(
     # Long after it was due, the countdown task still ran exactly once
     assert [len(stamps(client, stamp_key)) for stamp_key in ran_once] == [1] * len(ran_once)
     assert_all_cells(direction)
+
+
+def check_retry(sender: Any, client: Any, attempts_key: str, side: str) -> None:
+    """A task that fails twice then succeeds: retried by the worker on ``side``."""
+    result = sender.send_task("interop.flaky", (attempts_key, 2))
+    assert result.get(timeout=20) == {"attempts": 3, "retries": 2, "side": side}
+    assert int(client.get(attempts_key) or 0) == 3
+
+
+def check_result_read(sender: Any, side: str) -> None:
+    """A nested value and a failure, stored by ``side``, read by the sender's AsyncResult."""
+    value = {"nested": [1, {"two": 2.5}], "text": "ünïcode"}
+    described = sender.send_task("interop.describe", (value,)).get(timeout=20)
+    assert described == {"echo": value, "side": side, "items": [1, 2.5, "three", None, True]}
+    failing = sender.send_task("interop.fail", ("boom",))
+    with pytest.raises(ValueError, match="boom"):
+        failing.get(timeout=20)
+    assert failing.state == "FAILURE"
