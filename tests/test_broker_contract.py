@@ -142,15 +142,21 @@ def test_priority_order(broker: Broker, new_queue: Callable[[], str]) -> None:
 
 
 def test_several_queues_are_served_fairly(broker: Broker, new_queue: Callable[[], str]) -> None:
+    """Our stores take from each queue in turn. RabbitMQ pushes, and when a consumer's credit
+    frees up it lets the blocked queues deliver in random order (as for Celery), so there a
+    short queue waits a few turns at worst: 20 busy turns in a row happen once in a million."""
+    patience = 20 if broker.scheme == "amqp" else 2
     # Given a long queue filled before a short one
     busy, quiet = new_queue(), new_queue()
-    broker.publish_many([(busy, message(f"busy{n}"), 0.0, None) for n in range(10)])
+    broker.publish_many([(busy, message(f"busy{n}"), 0.0, None) for n in range(patience + 8)])
     broker.publish_many([(quiet, message(f"quiet{n}"), 0.0, None) for n in range(2)])
     # When a consumer of both takes messages one at a time
-    first_four = [receive_until(broker, [busy, quiet], 1)[0] for _ in range(4)]
+    taken: list[Delivery] = []
+    while len(taken) < patience and all(d.queue == busy for d in taken):
+        taken += receive_until(broker, [busy, quiet], 1)
     # Then the short queue is not starved behind the long one
-    assert {delivery.queue for delivery in first_four} == {busy, quiet}
-    for delivery in first_four:
+    assert taken[-1].queue == quiet, f"{len(taken)} turns without the short queue"
+    for delivery in taken:
         assert delivery.message.body.startswith(b"busy" if delivery.queue == busy else b"quiet")
 
 
