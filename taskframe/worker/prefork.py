@@ -8,7 +8,8 @@ holds its share of the worker's prefetch (``worker_prefetch_multiplier`` jobs, a
 between tasks, and the worker never holds more than the prefetch limit. A child is refilled
 once it is down to half of that, with its whole share in one pipe write, so jobs (and the early
 acks sent before them) go out in batches. While every child is well stocked the parent naps
-:data:`SATURATED_NAP` between reads instead of waking for each report. With ``-O fair`` a
+between reads (no longer than the children take to need more) instead of waking for each
+report. With ``-O fair`` a
 child holds one job, and gets one only when it is free (better for long tasks of uneven
 length). The parent:
 
@@ -75,8 +76,12 @@ CHILD_QUEUE = 16
 """Jobs a child holds at most (the one it runs and those next), unless ``-O fair``."""
 READ_SIZE = 1 << 16
 SATURATED_NAP = 0.001
-"""While every child is well stocked, the parent sleeps this long between reads instead of
-waking for each report, and reads the reports that piled up in one go."""
+"""While every child is well stocked, the parent sleeps between reads instead of waking for
+each report, and reads the reports that piled up in one go: at most this long, and never
+longer than the least stocked child takes, at the recent pace, to come down to its refill
+mark (a longer nap left children of short tasks waiting for work half of the time)."""
+PACE_WEIGHT = 0.2
+"""Weight of the newest job in the running average of job run times."""
 
 
 @dataclass
@@ -112,6 +117,7 @@ class PreforkPool(Pool):
         self._children: list[_Child] = []
         self._backlog: deque[Job] = deque()
         self._stopping = False
+        self._pace = 0.0
 
     def start(self) -> None:
         for _ in range(self.concurrency):
@@ -210,7 +216,7 @@ class PreforkPool(Pool):
             waitables[child.process.sentinel] = child
         timeout = self._bounded_by_deadlines(timeout)
         if timeout > 0 and self._saturated():
-            time.sleep(min(timeout, SATURATED_NAP))
+            time.sleep(min(timeout, self._nap()))
             timeout = 0.0
         for item in wait(list(waitables), timeout=timeout):
             child = waitables[item]
@@ -229,6 +235,10 @@ class PreforkPool(Pool):
     def _saturated(self) -> bool:
         """Every child has more queued than the refill mark: nothing to hand out for a while."""
         return self.depth > 1 and all(len(c.jobs) > self._refill_at for c in self._children)
+
+    def _nap(self) -> float:
+        surplus = min(len(c.jobs) for c in self._children) - self._refill_at
+        return min(SATURATED_NAP, surplus * self._pace)
 
     def _bounded_by_deadlines(self, timeout: float) -> float:
         deadlines = [child.deadline for child in self._children if child.deadline is not None]
@@ -260,6 +270,7 @@ class PreforkPool(Pool):
                 child.jobs.popleft()
                 child.deadline = None
                 reports.append(report)
+                self._pace += (report.runtime - self._pace) * PACE_WEIGHT
                 if child.jobs:
                     self._begin(child, now)
         if child.retire and not child.jobs and child.process.is_alive():
