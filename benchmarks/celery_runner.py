@@ -33,9 +33,18 @@ class CeleryRunner(Runner):
         self.chord_done: Any = self.app.tasks["bench.chord_done"]
         with self.app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1)
+        if self.broker == "rabbitmq":
+            self.confirmed = celery_app.build(
+                self.broker_url, self.backend_url, self.queue, confirm_publish=True
+            )
 
     def enqueue_delay(self, count: int) -> None:
         delay = self.noop.delay
+        for number in range(count):
+            delay(number)
+
+    def enqueue_delay_confirmed(self, count: int) -> None:
+        delay = self.confirmed.tasks["bench.noop"].delay
         for number in range(count):
             delay(number)
 
@@ -71,6 +80,7 @@ class CeleryRunner(Runner):
         )
 
     def close(self) -> None:
-        if hasattr(self, "app"):
-            self.app.close()
+        for app in (getattr(self, "app", None), getattr(self, "confirmed", None)):
+            if app is not None:
+                app.close()
         super().close()

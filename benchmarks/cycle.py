@@ -1,6 +1,7 @@
 """One framework on one broker, once: every workload, in an order that reuses the queue.
 
-1. enqueue via ``delay`` (timed), then purge;
+1. enqueue via ``delay`` (timed), then purge; on RabbitMQ again from a producer with publisher
+   confirms (at most ``CONFIRMED_TASKS``), then purge;
 2. a fresh worker: 20 warm-up round trips, 1 s idle, RSS of the whole process tree; then the
    timed round trips (p50/p99) and the chord (publish until the body ran); stop it;
 3. enqueue through the batch API (timed); the queue now holds ``batch_tasks`` tasks;
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from benchmarks.counter import Counter
 from benchmarks.processes import WorkerProcess
 from benchmarks.runner import REPO, Runner, Unavailable
-from benchmarks.settings import BenchConfig
+from benchmarks.settings import CONFIRMED_TASKS, BenchConfig
 
 __all__ = ["Outcome", "run_cycle"]
 
@@ -39,6 +40,7 @@ log = logging.getLogger("benchmarks")
 
 _ALL = (
     "enqueue_delay",
+    "enqueue_delay_confirmed",
     "enqueue_batch",
     "drain",
     "drain_wall",
@@ -48,27 +50,40 @@ _ALL = (
     "idle_rss",
     "idle_processes",
 )
-"""Every key a cycle reports: the table's workloads plus ``drain_wall`` and ``idle_processes``."""
+"""Every key a cycle reports: the table's workloads plus ``drain_wall`` and ``idle_processes``
+(``enqueue_delay_confirmed`` on RabbitMQ only)."""
 
 
 def run_cycle(runner: Runner, config: BenchConfig, counter: Counter) -> dict[str, Outcome]:
     outcomes: dict[str, Outcome] = {}
+    confirmed = runner.broker == "rabbitmq"
+    keys = _ALL if confirmed else tuple(key for key in _ALL if key != "enqueue_delay_confirmed")
     try:
         runner.check()
         runner.connect()
         runner.purge()
         runner.enqueue_delay(1)
+        if confirmed:
+            runner.enqueue_delay_confirmed(1)
         runner.purge()
     except Unavailable as exc:
-        return dict.fromkeys(_ALL, f"n/a ({exc})")
+        return dict.fromkeys(keys, f"n/a ({exc})")
     except Exception as exc:
-        return dict.fromkeys(_ALL, f"error: {exc!r}"[:300])
+        return dict.fromkeys(keys, f"error: {exc!r}"[:300])
     _measure(
         outcomes,
         ("enqueue_delay",),
         lambda: {"enqueue_delay": _rate(runner.enqueue_delay, config.tasks)},
     )
     runner.purge()
+    if confirmed:
+        count = min(config.tasks, CONFIRMED_TASKS)
+        _measure(
+            outcomes,
+            ("enqueue_delay_confirmed",),
+            lambda: {"enqueue_delay_confirmed": _rate(runner.enqueue_delay_confirmed, count)},
+        )
+        runner.purge()
     _measure(
         outcomes,
         ("idle_rss", "idle_processes", "round_trip_p50", "round_trip_p99", "chord"),

@@ -25,10 +25,19 @@ class DramatiqRunner(Runner):
 
     def connect(self) -> None:
         self.actors = dramatiq_app.build(self.broker_url, self.backend_url, self.queue)
+        if self.broker == "rabbitmq":
+            self.confirmed = dramatiq_app.build(
+                self.broker_url, self.backend_url, self.queue, confirm_publish=True
+            )
         dramatiq.set_broker(self.actors.broker)
 
     def enqueue_delay(self, count: int) -> None:
         send = self.actors.noop.send
+        for number in range(count):
+            send(number)
+
+    def enqueue_delay_confirmed(self, count: int) -> None:
+        send = self.confirmed.noop.send
         for number in range(count):
             send(number)
 
@@ -64,6 +73,7 @@ class DramatiqRunner(Runner):
         )
 
     def close(self) -> None:
-        if hasattr(self, "actors"):
-            self.actors.broker.close()
+        for actors in (getattr(self, "actors", None), getattr(self, "confirmed", None)):
+            if actors is not None:
+                actors.broker.close()
         super().close()

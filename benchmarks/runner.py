@@ -19,6 +19,7 @@ from benchmarks.settings import (
     BENCH_QUEUE,
     ENV_BACKEND_URL,
     ENV_BROKER_URL,
+    ENV_CONFIRM_PUBLISH,
     ENV_QUEUE,
     BenchConfig,
 )
@@ -75,6 +76,11 @@ class Runner(ABC):
         """Send ``count`` no-op tasks one at a time through the single-task API."""
 
     @abstractmethod
+    def enqueue_delay_confirmed(self, count: int) -> None:
+        """Like :meth:`enqueue_delay`, from a producer that waits for RabbitMQ's publisher
+        confirms (made by :meth:`connect` on RabbitMQ only)."""
+
+    @abstractmethod
     def enqueue_batch(self, count: int) -> None:
         """Send ``count`` no-op tasks through the framework's batch API."""
 
@@ -102,6 +108,7 @@ class Runner(ABC):
                 ENV_BROKER_URL: self.broker_url,
                 ENV_BACKEND_URL: self.backend_url,
                 ENV_QUEUE: self.queue,
+                ENV_CONFIRM_PUBLISH: "0",
                 COUNTER_URL_ENV: self.config.redis_url(),
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             }

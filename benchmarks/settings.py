@@ -5,6 +5,10 @@ configuration in ``tests/test_benchmarks.py`` uses 11) and clears it, except kom
 bindings, between frameworks. RabbitMQ: the queue ``BENCH_QUEUE`` (and Dramatiq's ``.DQ`` and
 ``.XQ``) on the default vhost, purged between frameworks and deleted at the end. SQLite: a file
 in the run's scratch directory.
+
+Publisher confirms on RabbitMQ: the main rows run every framework without them, Celery's and
+Dramatiq's default (taskframe's own default is confirms on); ``enqueue_delay_confirmed`` runs
+every producer with them. Workers learn the setting from ``BENCH_CONFIRM_PUBLISH`` (``1``/``0``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 
 __all__ = [
     "BROKERS",
+    "CONFIRMED_TASKS",
     "FRAMEWORKS",
     "WORKLOADS",
     "BenchConfig",
@@ -27,6 +32,9 @@ BENCH_QUEUE = "taskframe-bench"
 ENV_BROKER_URL = "BENCH_BROKER_URL"
 ENV_BACKEND_URL = "BENCH_BACKEND_URL"
 ENV_QUEUE = "BENCH_QUEUE"
+ENV_CONFIRM_PUBLISH = "BENCH_CONFIRM_PUBLISH"
+CONFIRMED_TASKS = 5_000
+"""At most this many tasks in the confirmed row: a confirm costs a round trip per message."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +45,19 @@ class Workload:
     title: str
     unit: str
     higher_is_better: bool
+    brokers: tuple[str, ...] = BROKERS
+    """The brokers this row is measured on."""
 
 
 WORKLOADS = (
     Workload("enqueue_delay", "enqueue, delay", "tasks/s", True),
+    Workload(
+        "enqueue_delay_confirmed",
+        "enqueue, delay, confirmed",
+        "tasks/s",
+        True,
+        brokers=("rabbitmq",),
+    ),
     Workload("enqueue_batch", "enqueue, batch", "tasks/s", True),
     Workload("drain", "drain, 2 processes", "tasks/s", True),
     Workload("round_trip_p50", "round trip p50", "ms", False),

@@ -68,9 +68,19 @@ class TaskframeRunner(Runner):
         self.echo: Any = self.app.tasks[tasks.NAMES["echo"]]
         self.chord_done: Any = self.app.tasks[tasks.NAMES["chord_done"]]
         self.app.broker.ensure_connection()
+        if self.broker == "rabbitmq":
+            self.confirmed = tf_app.build(
+                self.broker_url, self.backend_url, self.queue, confirm_publish=True
+            )
+            self.confirmed.broker.ensure_connection()
 
     def enqueue_delay(self, count: int) -> None:
         delay = self.noop.delay
+        for number in range(count):
+            delay(number)
+
+    def enqueue_delay_confirmed(self, count: int) -> None:
+        delay: Any = self.confirmed.tasks[tasks.NAMES["noop"]].delay
         for number in range(count):
             delay(number)
 
@@ -116,11 +126,15 @@ class TaskframeRunner(Runner):
         ]
 
     def worker_config(self) -> str:
-        return "taskframe worker -c 2 (prefork), default prefetch multiplier 4, early acks"
+        return (
+            "taskframe worker -c 2 (prefork), default prefetch multiplier 4, early acks; "
+            "publisher confirms off on RabbitMQ (Celery's default)"
+        )
 
     def close(self) -> None:
-        if hasattr(self, "app"):
-            self.app.close()
+        for app in (getattr(self, "app", None), getattr(self, "confirmed", None)):
+            if app is not None:
+                app.close()
         super().close()
 
 

@@ -3,7 +3,7 @@
 Covered: kombu's synchronous SQS paths (``Producer.publish``, ``SimpleQueue.get``, boto3
 underneath) in both directions, kombu's ``sqs_base64_encoding=False`` bodies, Celery's
 ``send_task`` run by a taskframe worker, and a real Celery worker process (kombu's asynchronous
-receive path, which needs pycurl; skipped without it) running a task taskframe sent.
+receive path, through pycurl, a dev dependency) running a task taskframe sent.
 """
 
 from __future__ import annotations
@@ -169,7 +169,6 @@ def record(value):
 def test_a_celery_worker_runs_what_taskframe_sends(
     sqs_url: str, kombu_url: str, kombu_options: dict[str, Any], tmp_path: Path
 ) -> None:
-    pytest.importorskip("pycurl", reason="Celery's SQS worker receives through pycurl")
     # Given a Celery worker on a dotted queue (kombu's asynchronous SQS receive path)
     (tmp_path / "sqsinterop.py").write_text(textwrap.dedent(CELERY_APP))
     out, log = tmp_path / "out.jsonl", tmp_path / "worker.log"

@@ -3,6 +3,7 @@
 Two worker processes with one worker thread each, so two tasks run at a time as with the
 other frameworks' two prefork children. Dramatiq's default middleware, plus ``Results``
 (Redis) for the round trip and ``GroupCallbacks`` (Redis rate-limiter backend) for the chord.
+Publisher confirms (``confirm_delivery``, off by default) only for the confirmed row.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as ResultsBackend
 
 from benchmarks.apps import tasks
-from benchmarks.settings import BENCH_QUEUE, ENV_BACKEND_URL, ENV_BROKER_URL, ENV_QUEUE
+from benchmarks.settings import (
+    BENCH_QUEUE,
+    ENV_BACKEND_URL,
+    ENV_BROKER_URL,
+    ENV_CONFIRM_PUBLISH,
+    ENV_QUEUE,
+)
 
 __all__ = ["Actors", "broker", "build"]
 
@@ -33,10 +40,15 @@ class Actors:
     chord_done: Any
 
 
-def build(broker_url: str, backend_url: str, queue: str) -> Actors:
+def build(
+    broker_url: str, backend_url: str, queue: str, *, confirm_publish: bool = False
+) -> Actors:
     """A broker (Redis or RabbitMQ by URL scheme) with the three actors on ``queue``."""
-    broker_class: Any = RabbitmqBroker if broker_url.startswith("amqp") else RedisBroker
-    made: dramatiq.Broker = broker_class(url=broker_url)
+    made: dramatiq.Broker
+    if broker_url.startswith("amqp"):
+        made = RabbitmqBroker(url=broker_url, confirm_delivery=confirm_publish)
+    else:
+        made = RedisBroker(url=broker_url)
     results: Any = Results  # untyped constructor in dramatiq's stubs
     made.add_middleware(results(backend=ResultsBackend(url=backend_url)))
     made.add_middleware(GroupCallbacks(RateLimiterBackend(url=backend_url)))
@@ -56,5 +68,6 @@ _actors = build(
     os.environ.get(ENV_BROKER_URL, "redis://127.0.0.1:6379/10"),
     os.environ.get(ENV_BACKEND_URL, "redis://127.0.0.1:6379/10"),
     os.environ.get(ENV_QUEUE, BENCH_QUEUE),
+    confirm_publish=os.environ.get(ENV_CONFIRM_PUBLISH) == "1",
 )
 broker = _actors.broker

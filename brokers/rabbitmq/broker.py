@@ -305,18 +305,14 @@ class RabbitMQBroker(Broker):
                 self._declare(session, queue)
             session.consume(queues, max_messages, self.prefetch_floor)
             session.wait(0)
-            try:
-                while True:
-                    deliveries = self._deliveries(session, session.take(queues, max_messages))
-                    if deliveries:
-                        return deliveries
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 and not session.buffered(queues):
-                        return []
-                    session.wait(remaining)
-            finally:
-                if session.usable:
-                    session.limit(self.prefetch_floor, 0)
+            while True:
+                deliveries = self._deliveries(session, session.take(queues, max_messages))
+                if deliveries:
+                    return deliveries
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and not session.buffered(queues):
+                    return []
+                session.wait(remaining)
 
     def _deliveries(self, session: Session, received: list[Received]) -> list[Delivery]:
         """Deliveries for the buffered messages; one whose delay outlived a pass through the
@@ -351,8 +347,8 @@ class RabbitMQBroker(Broker):
             log.debug("not settling delivery %s: its channel is gone", delivery.tag)
             return
         with self._session():
-            session.limit(self.prefetch_floor, -1)
             session.settle(delivery.tag, ack=ack, requeue=requeue)
+            session.relax(self.prefetch_floor)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """One ``multiple=True`` ack for the oldest contiguous run, single acks for the rest."""
@@ -366,8 +362,8 @@ class RabbitMQBroker(Broker):
             delivery.settled = True
         if mine and current is not None and current.usable:
             with self._session() as session:
-                session.limit(self.prefetch_floor, -len(mine))
                 session.ack_batch([delivery.tag for delivery in mine])
+                session.relax(self.prefetch_floor)
         for other in deliveries:
             if other not in mine:
                 other.ack()

@@ -24,7 +24,13 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from taskframe.exceptions import BrokerError
 
-__all__ = ["Received", "Session"]
+__all__ = ["ASK_TTL", "Received", "Session"]
+
+ASK_TTL = 1.0
+"""Seconds an ask for messages stands: the prefetch is not lowered, and a consumer's buffer is
+not given back, before that long without a larger (or any) ask."""
+MAX_PREFETCH = 65535
+"""basic.qos prefetch_count is an AMQP short."""
 
 Received = tuple[str, Any, pika.BasicProperties, bytes]
 """``(queue, Basic.Deliver method, properties, body)``."""
@@ -54,6 +60,8 @@ class Session:
         self.unacked: list[int] = []
         self.handed_out = 0
         self.prefetch = 0
+        self.asked = 0.0
+        self.fitted = 0.0
         self._rotation = 0
 
     @property
@@ -116,7 +124,8 @@ class Session:
         """Consume exactly ``queues``, with room for ``wanted`` more messages than handed out."""
         for queue in [q for q in self.consumers if q not in queues]:
             self._cancel(queue)
-        self.limit(floor, wanted)
+        self.asked = time.monotonic()
+        self.limit(max(floor, self.handed_out + wanted))
         for queue in queues:
             if queue not in self.consumers:
                 self.buffers[queue] = deque()
@@ -124,23 +133,42 @@ class Session:
                 self.consumers[queue] = tag
                 self._queue_of_tag[tag] = queue
 
-    def limit(self, floor: int, wanted: int) -> None:
-        """Let RabbitMQ push ``wanted`` messages beyond those handed out and not settled (and
-        never fewer than ``floor`` in all), so messages nobody asked for stay on the queue,
-        visible to ``size`` and to other consumers.
+    def limit(self, wanted: int) -> None:
+        """Let RabbitMQ push up to ``wanted`` unsettled messages (handed out or buffered).
 
-        The limit is channel-wide (global basic.qos): one limit over every queue consumed, and
-        a new value applies to running consumers at once (a per-consumer one would not). A
-        limit of 0 means "no limit" to RabbitMQ, so when nothing is wanted or handed out the
-        consumers are cancelled instead (before the last ack, so nothing arrives in between),
-        and the next ``receive`` starts them again."""
-        prefetch = max(floor, self.handed_out + wanted)
-        if prefetch <= 0:
+        Each change is a basic.qos round trip, so the prefetch is raised at once but lowered
+        only after :data:`ASK_TTL` seconds in which no ask needed more than half of it: a
+        consumer asking for a few more or fewer each time keeps one value, and the credit an
+        ack frees lets RabbitMQ push the next message before the next ask, which then takes
+        it from the buffer instead of waiting a round trip. The limit is channel-wide (global
+        basic.qos: one limit over every queue consumed; a new value applies to running
+        consumers at once, a per-consumer one would not)."""
+        wanted = min(max(wanted, 1), MAX_PREFETCH)
+        now = time.monotonic()
+        if 2 * wanted > self.prefetch:
+            self.fitted = now
+        if wanted > self.prefetch or now - self.fitted > ASK_TTL:
+            self._set_prefetch(wanted)
+
+    def _set_prefetch(self, prefetch: int) -> None:
+        self.channel.basic_qos(prefetch_count=prefetch, global_qos=True)
+        self.prefetch = prefetch
+        self.fitted = time.monotonic()
+
+    def relax(self, floor: int) -> None:
+        """Give back what a consumer that stopped asking holds but was not handed: after
+        :data:`ASK_TTL` seconds without a ``receive`` the prefetch drops to the messages handed
+        out (and ``floor``), and with none of those the consumers are cancelled, which puts
+        the buffered messages back on their queues for other consumers; the next ``receive``
+        starts them again. Called when settling, so it costs nothing while asks keep coming."""
+        if not self.consumers or time.monotonic() - self.asked <= ASK_TTL:
+            return
+        held = max(floor, self.handed_out)
+        if held == 0:
             for queue in list(self.consumers):
                 self._cancel(queue)
-        elif prefetch != self.prefetch:
-            self.channel.basic_qos(prefetch_count=prefetch, global_qos=True)
-            self.prefetch = prefetch
+        elif held < self.prefetch:
+            self._set_prefetch(held)
 
     def _cancel(self, queue: str) -> None:
         tag = self.consumers.pop(queue)
