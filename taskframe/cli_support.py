@@ -84,6 +84,11 @@ def app_from_context(ctx: click.Context) -> Taskframe:
     return app
 
 
+CHATTY_LIBRARIES = ("pika", "botocore", "boto3", "urllib3")
+"""Client libraries whose INFO lines (several per connection or request) would drown the
+worker's own; they speak at ``-l DEBUG`` only."""
+
+
 def setup_logging(loglevel: str, logfile: str | None) -> None:
     handler: logging.Handler = (
         logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
@@ -94,3 +99,6 @@ def setup_logging(loglevel: str, logfile: str | None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(loglevel.upper())
+    if root.getEffectiveLevel() > logging.DEBUG:
+        for name in CHATTY_LIBRARIES:
+            logging.getLogger(name).setLevel(max(root.getEffectiveLevel(), logging.WARNING))

@@ -7,7 +7,6 @@ returns. ``format_entries`` is the ``--list`` table on its own, for tests and ot
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ import click
 from taskframe.beat.scheduler import EntryInfo, Scheduler
 from taskframe.beat.service import Service, finalize_app
 from taskframe.beat.store import open_store
+from taskframe.cli_support import setup_logging
 
 __all__ = ["beat", "beat_command", "format_entries", "list_entries"]
 
@@ -71,9 +71,7 @@ def beat_command(
     if list_only:
         echo(format_entries(list_entries(app, schedule_file)))
         return 0
-    logging.basicConfig(
-        level=loglevel.upper(), format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
-    )
+    setup_logging(loglevel, None)
     service = Service(app, schedule_filename=schedule_file, max_interval=max_interval)
     if threading.current_thread() is threading.main_thread():
 
