@@ -91,7 +91,6 @@ class _Child:
     jobs: deque[Job] = field(default_factory=deque)
     started: float = 0.0
     deadline: float | None = None
-    terminate: dict[str, int] = field(default_factory=dict)
     terminated: int | None = None
     retire: bool = False
     inbox: bytearray = field(default_factory=bytearray)
@@ -118,6 +117,9 @@ class PreforkPool(Pool):
         self._backlog: deque[Job] = deque()
         self._stopping = False
         self._pace = 0.0
+        self._terminate: dict[str, int] = {}
+        """Signals for revoked tasks not yet started, sent when one starts in whichever child
+        it ends up (a job moves on when its child dies or retires)."""
 
     def start(self) -> None:
         for _ in range(self.concurrency):
@@ -204,7 +206,7 @@ class PreforkPool(Pool):
         child.started = now
         limit = hard_limit(job, self.time_limit)
         child.deadline = now + limit if limit else None
-        signum = child.terminate.pop(job.task_id, None)
+        signum = self._terminate.pop(job.task_id, None)
         if signum is not None:
             self._signal(child, signum)
 
@@ -346,14 +348,13 @@ class PreforkPool(Pool):
 
     def terminate(self, task_id: str, signum: int) -> bool:
         for child in self._children:
-            for position, job in enumerate(child.jobs):
-                if job.task_id != task_id:
-                    continue
-                if position == 0:
-                    self._signal(child, signum)
-                else:
-                    child.terminate[task_id] = signum
+            if child.jobs and child.jobs[0].task_id == task_id:
+                self._signal(child, signum)
                 return True
+        waiting = [job for child in self._children for job in list(child.jobs)[1:]]
+        if any(job.task_id == task_id for job in [*waiting, *self._backlog]):
+            self._terminate[task_id] = signum
+            return True
         return False
 
     def _signal(self, child: _Child, signum: int) -> None:
