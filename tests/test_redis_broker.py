@@ -368,3 +368,52 @@ def test_sentinel_finds_the_master(private_redis: tuple[int, Path], tmp_path: Pa
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_a_receive_whose_reply_is_lost_gives_its_messages_back_at_once(
+    broker: RedisBroker, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given three messages, and a receive that runs on the server but whose reply never
+    # arrives (the server or the connection dies right after the call ran)
+    broker.publish_many([("lost-reply", Message(f"m{n}".encode()), 0.0, None) for n in range(3)])
+    script = broker._receive_script
+
+    def reply_lost(*args: object, **kwargs: object) -> None:
+        script(*args, **kwargs)
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(broker, "_receive_script", reply_lost)
+    with pytest.raises(BrokerConnectionError):
+        broker.receive(["lost-reply"], 3, 0.0)
+    assert raw.llen("lost-reply") == 0 and raw.hlen("unacked") == 3
+    monkeypatch.setattr(broker, "_receive_script", script)
+    # When the consumer receives again
+    received = broker.receive(["lost-reply"], 3, 1.0)
+    # Then it gets them at once, in order, flagged redelivered, not after the visibility timeout
+    assert [d.message.body for d in received] == [b"m0", b"m1", b"m2"]
+    assert all(d.redelivered for d in received)
+    assert raw.hlen("unacked") == 3
+    broker.ack_many(received)
+    assert raw.hlen("unacked") == 0
+
+
+def test_a_receive_that_never_ran_gives_nothing_back_twice(
+    broker: RedisBroker, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a receive that took a message, then one that failed before reaching the server
+    broker.publish_many([("no-run", Message(f"m{n}".encode()), 0.0, None) for n in range(2)])
+    [first] = broker.receive(["no-run"], 1, 1.0)
+
+    def never_ran(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError("Error 111 connecting. Connection refused.")
+
+    script = broker._receive_script
+    monkeypatch.setattr(broker, "_receive_script", never_ran)
+    with pytest.raises(BrokerConnectionError):
+        broker.receive(["no-run"], 1, 0.0)
+    monkeypatch.setattr(broker, "_receive_script", script)
+    # When the consumer receives again
+    [second] = broker.receive(["no-run"], 1, 1.0)
+    # Then the first receive's message (still held) was not given back: the next is m1
+    assert (first.message.body, second.message.body) == (b"m0", b"m1")
+    assert raw.llen("no-run") == 0 and raw.hlen("unacked") == 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,7 @@ UNACKED_INDEX = "unacked_index"
 UNACKED_MUTEX = "unacked_mutex"
 DELAYED = "taskframe.delayed"
 DELAYED_COUNTS = "taskframe.delayed.count"
+RECEIPT_PREFIX = "taskframe.receipt."
 UNKNOWN_CONTENT_TYPE = "application/x-unknown"
 PROMOTE_LIMIT = 100
 
@@ -148,6 +150,10 @@ class RedisBroker(Broker):
         self._next_promote = 0.0
         self._unsent_acks: list[str] = []
         self._orphan: tuple[str, bytes] | None = None
+        self._receipt_key = ""
+        self._receipt_pid = 0
+        self._unanswered: str | None = None
+        """Id of a receive call whose reply never came (see ``scripts.RECEIVE``)."""
 
     # publishing
 
@@ -271,10 +277,22 @@ class RedisBroker(Broker):
         """Run the receive script. A message BRPOP popped is recorded by this same call; a
         process that dies between the two loses it, the same window kombu has."""
         number, item = preloaded if preloaded is not None else (0, b"")
+        call = str(uuid.uuid4())
+        self._unanswered = call
         reply = self._receive_script(
-            keys=[UNACKED, UNACKED_INDEX, DELAYED, DELAYED_COUNTS, *keys],
-            args=[time.time(), wanted, PROMOTE_LIMIT, number, item, *names],
+            keys=[UNACKED, UNACKED_INDEX, DELAYED, DELAYED_COUNTS, self._receipt(), *keys],
+            args=[
+                time.time(),
+                wanted,
+                PROMOTE_LIMIT,
+                number,
+                item,
+                call,
+                max(1, int(self.visibility_timeout)),
+                *names,
+            ],
         )
+        self._unanswered = None
         next_due = float(reply[0]) if reply[0] else None
         deliveries: list[Delivery] = []
         for index in range(1, len(reply), 3):
@@ -334,17 +352,45 @@ class RedisBroker(Broker):
                 log.warning("acks wait until Redis is back: %s", exc)
 
     def _recover(self) -> None:
-        """Send acks kept while Redis was away, and put back a message BRPOP took just
-        before the connection broke (at the head of its list, where it was)."""
+        """Send acks kept while Redis was away, and give back what a receive whose reply was
+        lost took: the messages its receipt names, else a message BRPOP took just before the
+        connection broke (at the head of its list, where it was)."""
         if self._unsent_acks:
             self._remove_unacked([])
             if self._unsent_acks:
                 raise BrokerConnectionError(f"cannot reach Redis at {self.target.address}")
+        if self._unanswered is not None:
+            with translate_errors(self.target):
+                if self._restore_receipt(self._unanswered):
+                    self._orphan = None
+            self._unanswered = None
         if self._orphan is not None:
             key, item = self._orphan
             with translate_errors(self.target):
                 self.client.rpush(key, item)
             self._orphan = None
+
+    def _receipt(self) -> str:
+        """This consumer's receipt key (a forked child gets a key of its own)."""
+        if self._receipt_pid != os.getpid():
+            self._receipt_pid = os.getpid()
+            self._receipt_key = f"{RECEIPT_PREFIX}{uuid.uuid4()}"
+        return self._receipt_key
+
+    def _restore_receipt(self, call: str) -> bool:
+        """Put back the messages receive call ``call`` took, if it ran; True if it did."""
+        raw = self.client.get(self._receipt())
+        receipt = json.loads(raw) if raw else None
+        if not receipt or receipt[0] != call:
+            return False
+        tags = [str(tag) for tag in receipt[1]]
+        values = self.client.hmget(UNACKED, tags)
+        restored = sum(
+            self._restore_one(tag.encode(), v)
+            for tag, v in reversed(list(zip(tags, values, strict=True)))
+        )
+        log.warning("gave back %d message(s) taken by a receive whose reply was lost", restored)
+        return True
 
     def _requeue(self, delivery: RedisDelivery) -> None:
         """Back to the far end of its list (LPUSH, as kombu), flagged redelivered."""

@@ -50,16 +50,18 @@ their lists; returns how many moved."""
 RECEIVE = (
     _PROMOTE_BODY
     + """
--- KEYS: unacked, unacked_index, delayed, delayed counts, then the lists in serving order.
--- ARGV: now, wanted, promote limit, preloaded list number (0: none), preloaded item,
---       then each list's queue name.
+-- KEYS: unacked, unacked_index, delayed, delayed counts, receipt, then the lists in serving
+--       order.
+-- ARGV: now, wanted, promote limit, preloaded list number (0: none), preloaded item, call id,
+--       receipt lifetime (s), then each list's queue name.
 local unacked, index = KEYS[1], KEYS[2]
 local now, wanted = tonumber(ARGV[1]), tonumber(ARGV[2])
 promote(KEYS[3], KEYS[4], now, tonumber(ARGV[3]))
 local out = {}
+local tags = {}
 
 local function record(number, item)
-    local queue = ARGV[5 + number]
+    local queue = ARGV[7 + number]
     local tag = ''
     local ok, env = pcall(cjson.decode, item)
     if ok and type(env) == 'table' and type(env.properties) == 'table'
@@ -74,6 +76,7 @@ local function record(number, item)
         redis.call('ZADD', index, now, tag)
         local where = cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key)
         redis.call('HSET', unacked, tag, '[' .. item .. ', ' .. where .. ']')
+        tags[#tags + 1] = tag
     end
     out[#out + 1] = tag
     out[#out + 1] = number
@@ -86,15 +89,18 @@ if preloaded > 0 then
     record(preloaded, ARGV[5])
     taken = 1
 end
-for number = 1, #KEYS - 4 do
+for number = 1, #KEYS - 5 do
     if taken >= wanted then break end
-    local items = redis.call('RPOP', KEYS[4 + number], wanted - taken)
+    local items = redis.call('RPOP', KEYS[5 + number], wanted - taken)
     if items then
         for _, item in ipairs(items) do
             record(number, item)
             taken = taken + 1
         end
     end
+end
+if #tags > 0 then
+    redis.call('SET', KEYS[5], cjson.encode({ARGV[6], tags}), 'EX', tonumber(ARGV[7]))
 end
 local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 table.insert(out, 1, nxt[2] or '')
@@ -104,7 +110,12 @@ return out
 """Promote due delayed messages, then pop up to N entries and record each in ``unacked``
 (tag -> ``[envelope, exchange, routing_key]``) and ``unacked_index`` (tag -> time), as kombu.
 Returns ``[next_due_or_empty, tag, list_number, item, ...]``; an empty tag marks an entry
-that is not a kombu envelope (left unrecorded for the caller to dead-letter)."""
+that is not a kombu envelope (left unrecorded for the caller to dead-letter).
+
+The call also leaves a receipt (its id and the tags it took) under the consumer's receipt
+key: when the reply is lost (the server or the connection died just after the call ran), the
+consumer reads it back and puts those messages back on their queues at once, instead of
+leaving them to the visibility timeout."""
 
 ACK_ONE_INTO = """
 -- KEYS: unacked, unacked_index, target list. ARGV: tag ('' for none), value, push side.
