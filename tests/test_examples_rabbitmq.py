@@ -84,3 +84,4 @@ def test_rabbitmq_example_prints_every_result(
     ]
     assert declared_with_max_priority(example_amqp_url)
     assert exit_code == 0, worker.output()
+    assert "Traceback" not in worker.output()

@@ -17,6 +17,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from decimal import Decimal
 
 import pika
 import pytest
@@ -152,6 +154,42 @@ def test_publishing_without_confirms(plain_url: str) -> None:
     finally:
         broker.delete_queue(queue)
         broker.close()
+
+
+def test_a_batch_larger_than_one_write_arrives_whole_and_in_order(
+    broker: RabbitMQBroker,
+) -> None:
+    # Given a batch of 300 messages of 2 KiB and one of 1 MiB (several frames), more than
+    # the frame writer sends in one go
+    queue = new_queue()
+    bodies = [f"{n:04d}".encode() * 512 for n in range(300)]
+    items = [(queue, Message(body), 0.0, None) for body in bodies]
+    broker.publish_many([*items, (queue, Message(b"x" * (1 << 20)), 0.0, None)])
+    # Then every message arrives intact, in the order it was published
+    got = receive(broker, queue, 301)
+    assert [d.message.body for d in got] == [*bodies, b"x" * (1 << 20)]
+    broker.ack_many(got)
+
+
+def test_header_values_of_every_amqp_type_survive(broker: RabbitMQBroker) -> None:
+    queue = new_queue()
+    headers = {
+        "text": "héllo",
+        "none": None,
+        "flags": [True, False],
+        "small": -5,
+        "large": 2**40,
+        "ratio": 0.25,
+        "nested": {"list": [1, "two", {"three": None}], "empty": {}},
+        "pair": (1, 2),
+        "raw": b"\x00\x01",
+        "amount": Decimal("1.25"),
+        "when": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    }
+    broker.publish(queue, Message(b"{}", headers=headers))
+    [delivery] = receive(broker, queue, 1)
+    assert delivery.message.headers == {**headers, "pair": [1, 2]}
+    delivery.ack()
 
 
 def test_float_headers_survive_both_ways(
@@ -301,6 +339,39 @@ def test_unrequested_messages_stay_on_the_queue(broker: RabbitMQBroker, plain_ur
     first.ack()
 
 
+def test_acking_what_was_asked_for_lets_nothing_more_in(
+    broker: RabbitMQBroker, plain_url: str
+) -> None:
+    """An early ack frees a consumer's credit; the prefetch goes down with it, so a consumer
+    that took all it asked for holds no more after acking."""
+    queue = new_queue()
+    broker.publish_many([(queue, Message(str(n).encode()), 0.0, None) for n in range(4)])
+    broker.ack_many(receive(broker, queue, 2))
+    other = RabbitMQBroker(plain_url)
+    try:
+        assert sorted(d.message.body for d in receive(other, queue, 2, timeout=3)) == [b"2", b"3"]
+    finally:
+        other.close()
+
+
+def test_a_consumer_giving_back_its_last_message_stops_taking_more(
+    broker: RabbitMQBroker, plain_url: str
+) -> None:
+    # Given a consumer that received a message and gives it back, holding nothing else
+    queue = new_queue()
+    broker.publish(queue, Message(b"back"))
+    [delivery] = receive(broker, queue, 1)
+    delivery.reject(requeue=True)
+    # Then another consumer gets it: the first one does not take it back unasked
+    other = RabbitMQBroker(plain_url)
+    try:
+        [again] = receive(other, queue, 1, timeout=3)
+        assert (again.message.body, again.redelivered) == (b"back", True)
+        again.ack()
+    finally:
+        other.close()
+
+
 # priorities
 
 
@@ -377,3 +448,18 @@ def test_delivery_from_a_closed_connection_is_not_settled_twice(broker: RabbitMQ
     assert again.redelivered is True
     again.ack()
     wait_for(lambda: broker.size(queue) == 0)
+
+
+def test_pika_info_logging_does_not_break_a_closing_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given pika's loggers at INFO (a worker started with -l INFO): pika then logs the method
+    # frame of every channel close, an object that cannot be compared with an int
+    broker = RabbitMQBroker(f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//")
+    with caplog.at_level("INFO", logger="pika"):
+        # When the broker probes a queue that does not exist and closes
+        assert broker.size(f"tf-missing-{uuid.uuid4().hex[:8]}") == 0
+        broker.close()
+    # Then nothing failed in pika's logging, and the expected 404 stays quiet
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert "NOT_FOUND" not in caplog.text

@@ -44,11 +44,10 @@ def build(
     broker_url: str, backend_url: str, queue: str, *, confirm_publish: bool = False
 ) -> Actors:
     """A broker (Redis or RabbitMQ by URL scheme) with the three actors on ``queue``."""
-    made: dramatiq.Broker
-    if broker_url.startswith("amqp"):
-        made = RabbitmqBroker(url=broker_url, confirm_delivery=confirm_publish)
-    else:
-        made = RedisBroker(url=broker_url)
+    amqp = broker_url.startswith("amqp")
+    broker_class: Any = RabbitmqBroker if amqp else RedisBroker  # untyped constructors
+    options = {"confirm_delivery": confirm_publish} if amqp else {}
+    made: dramatiq.Broker = broker_class(url=broker_url, **options)
     results: Any = Results  # untyped constructor in dramatiq's stubs
     made.add_middleware(results(backend=ResultsBackend(url=backend_url)))
     made.add_middleware(GroupCallbacks(RateLimiterBackend(url=backend_url)))

@@ -26,12 +26,23 @@ message for longer; raise it on the server for tasks that run longer than that.
 
 **Prefetch and threads.** pika connections are not thread-safe: each thread (and each forked
 process) gets its own connection. ``receive`` starts one consumer per queue on the first call
-and keeps it; the channel's prefetch (global basic.qos: one limit over all the queues) is the
-deliveries handed out and not settled plus ``max_messages``, and only grows. Settle a delivery
-on the thread that received it.
+and keeps it. Each ``receive`` asks for ``max_messages``, and the ask stands until the next
+one: the channel's prefetch (global basic.qos: one limit over all the queues) is the
+deliveries handed out and not settled plus what was asked for and not yet handed out (never
+below ``prefetch_count``), so what nobody asked for stays on the queue for other consumers.
+Settling lowers it in the same write as the ack, so an early ack does not let in a message
+the consumer has no room for. The limit is sent without waiting for RabbitMQ's answer (a
+channel's methods apply in order): no round trip per receive or per ack. A consumer that
+then holds and wants nothing has its consumers cancelled (AMQP reads a prefetch of 0 as "no
+limit"), which puts back what they buffered; the next ``receive`` starts them again. Settle a
+delivery on the thread that received it.
 
-**Publishing** waits for publisher confirms, so ``publish`` returns once RabbitMQ holds the
-message; ``publish_many`` sends the whole batch and waits once.
+**Publishing** waits for publisher confirms by default, so ``publish`` returns once RabbitMQ
+holds the message; ``publish_many`` sends the whole batch and waits once. With
+``confirm_publish=False`` (kombu's default) it returns once the message is written to the
+socket, fire-and-forget: RabbitMQ may still lose it if it fails before storing it. A
+message's frames go out in one ``send()``, and a batch's in a few (see :mod:`.connection`);
+headers are encoded by :mod:`.codec`.
 
 **Expiry.** The worker enforces a task's ``expires`` header (it stores ``REVOKED``, as on
 Redis and SQS), so the AMQP ``expiration`` property Celery also sets is left out by default:
@@ -46,7 +57,8 @@ out as py-amqp writes them and come back exact.
 Options (``transport_options``; URL query values override):
 
 ==============================  =======  ======================================================
-``confirm_publish``             True     wait for publisher confirms
+``confirm_publish``             True     wait for publisher confirms (False: return once
+                                         written, as kombu does by default)
 ``confirm_timeout``             30.0     s to wait for them before raising ``BrokerError``
 ``prefetch_count``              0        lower bound of the channel prefetch
 ``per_message_ttl``             False    send the ``expiration`` property (see Expiry)

@@ -119,10 +119,7 @@ class RabbitMQBroker(Broker):
         self.target = parse_url(url)
         options = self.transport_options
         for key, value in self.target.query.items():
-            kind = _OPTION_TYPES.get(key)
-            options[key] = (
-                (value.lower() in _TRUE if kind is bool else kind(value)) if kind else value
-            )
+            options[key] = _option_value(key, value)
         self.parameters = connection_parameters(self.target, options)
         self.confirm_publish = bool(options.get("confirm_publish", True))
         self.confirm_timeout = float(options.get("confirm_timeout", 30.0))
@@ -155,7 +152,9 @@ class RabbitMQBroker(Broker):
                 if session is None or not session.usable:
                     if session is not None:
                         self._discard(session)
-                    session = Session(self.parameters, confirm=self.confirm_publish)
+                    session = Session(
+                        self.parameters, confirm=self.confirm_publish, floor=self.prefetch_floor
+                    )
                     self._local.session = session
                     with self._lock:
                         self._sessions.append(session)
@@ -265,16 +264,27 @@ class RabbitMQBroker(Broker):
         self.publish_many([(queue, message, delay, priority)])
 
     def publish_many(self, items: Iterable[tuple[str, Message, float, int | None]]) -> None:
-        """Every item on this thread's channel, then one wait for all the confirms."""
+        """Every item on this thread's channel, written together once what they need is
+        declared (a declaration waits for its answer, so none may run while frames are held
+        back), then one wait for all the confirms."""
+        batch = list(items)
         with self._session() as session:
-            for queue, message, delay, priority in items:
-                self._publish_one(session, queue, message, delay, priority)
+            for queue, _message, delay, _priority in batch:
+                self._prepare(session, queue, delay)
+            with session.writer.holding():
+                for queue, message, delay, priority in batch:
+                    self._publish_one(session, queue, message, delay, priority)
             session.wait_for_confirms(self.confirm_timeout)
+
+    def _prepare(self, session: Session, queue: str, delay: float) -> None:
+        """Declare ``queue``, and its delay chain for a delayed message."""
+        self._declare(session, queue)
+        if delay > 0:
+            self._declare_delay(session, queue)
 
     def _publish_one(
         self, session: Session, queue: str, message: Message, delay: float, priority: int | None
     ) -> None:
-        self._declare(session, queue)
         milliseconds = names.delay_milliseconds(delay) if delay > 0 else 0
         # In a delay queue a per-message TTL would cut the wait short.
         expiration = self.per_message_ttl and milliseconds == 0
@@ -286,7 +296,6 @@ class RabbitMQBroker(Broker):
         if milliseconds > longest:
             properties.headers[names.DEFER_UNTIL] = time.time() + delay
             milliseconds = longest
-        self._declare_delay(session, queue)
         top = milliseconds.bit_length() - 1
         routing_key = names.delay_routing_key(queue, milliseconds)
         session.publish(names.delay_exchange(top), routing_key, message.body, properties)
@@ -294,16 +303,16 @@ class RabbitMQBroker(Broker):
     # consuming
 
     def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
-        """Consumers start on the first call and stay; this waits for what RabbitMQ pushes
-        under the channel's prefetch, raised to let ``max_messages`` in and lowered again on
-        the way out (see :meth:`Session.limit`)."""
+        """Consumers start on the first call and stay; this asks for ``max_messages`` (the
+        channel's prefetch follows, see :meth:`Session._fit`) and waits for what RabbitMQ
+        pushes."""
         if max_messages <= 0 or not queues:
             return []
         deadline = time.monotonic() + timeout
         with self._session() as session:
             for queue in queues:
                 self._declare(session, queue)
-            session.consume(queues, max_messages, self.prefetch_floor)
+            session.consume(queues, max_messages)
             session.wait(0)
             while True:
                 deliveries = self._deliveries(session, session.take(queues, max_messages))
@@ -331,6 +340,7 @@ class RabbitMQBroker(Broker):
         for delivery in deferred:
             headers = delivery.message.headers
             remaining = float(headers.pop(names.DEFER_UNTIL)) - time.time()
+            self._prepare(session, delivery.queue, remaining)
             self._publish_one(session, delivery.queue, delivery.message, remaining, None)
         if deferred:
             session.wait_for_confirms(self.confirm_timeout)
@@ -348,7 +358,6 @@ class RabbitMQBroker(Broker):
             return
         with self._session():
             session.settle(delivery.tag, ack=ack, requeue=requeue)
-            session.relax(self.prefetch_floor)
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """One ``multiple=True`` ack for the oldest contiguous run, single acks for the rest."""
@@ -363,7 +372,6 @@ class RabbitMQBroker(Broker):
         if mine and current is not None and current.usable:
             with self._session() as session:
                 session.ack_batch([delivery.tag for delivery in mine])
-                session.relax(self.prefetch_floor)
         for other in deliveries:
             if other not in mine:
                 other.ack()
@@ -460,7 +468,7 @@ class RabbitMQBroker(Broker):
         with self._session() as session:
             ready = self._count(session, queue) or 0
             delayed = sum(self._delay_counts(session, queue) or [])
-            session.sync()
+            session.sync(self.confirm_timeout)
         with self._lock:
             buffered = sum(len(s.buffers.get(queue, ())) for s in self._sessions)
         return ready + delayed + buffered

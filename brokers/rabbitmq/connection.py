@@ -20,13 +20,23 @@ teaches pika the double: at import, :func:`install_float_codec` wraps ``pika.dat
 writes) and doubles and floats (``d``, ``f``) come back as floats. Every other type keeps pika's
 own encoding. This changes pika for the whole process; the change is a strict extension
 (floats used to raise, and truncation loses data), which is why it is acceptable.
+
+**Writing frames.** pika queues each outgoing frame and sends it from its I/O loop, so one
+publish costs three ``send()`` calls (method, header, body frames) plus a ``poll()`` and two
+poller updates, about 13 µs of a 33 µs publish. :class:`FrameWriter` replaces, on taskframe's
+own connections only, the method pika sends frames through: the frames of one call go out in
+one ``send()`` straight away when nothing is queued ahead of them (what py-amqp does), and
+inside :meth:`FrameWriter.holding` they are gathered and sent in large chunks, so a batch of
+publishes or acks costs a few system calls instead of three per message. Whatever the socket
+does not take at once goes through pika's own buffer, so order, back-pressure and error
+handling stay pika's. TLS connections only gather (their socket is pika's to drive).
 """
 
 from __future__ import annotations
 
 import ssl
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +48,17 @@ import pika.exceptions
 
 from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
-__all__ = ["AmqpTarget", "connection_parameters", "install_float_codec", "parse_url"]
+__all__ = [
+    "AmqpTarget",
+    "FrameWriter",
+    "connection_parameters",
+    "install_float_codec",
+    "parse_url",
+]
 
 DEFAULT_PORTS = {"amqp": 5672, "pyamqp": 5672, "amqps": 5671}
+HELD_BYTES = 256 * 1024
+"""Frames gathered by :meth:`FrameWriter.holding` go out once they reach this size."""
 
 
 @dataclass(frozen=True)
@@ -177,3 +195,70 @@ def install_float_codec() -> None:
     encode_with_floats.taskframe_floats = True  # type: ignore[attr-defined]  # idempotence mark
     pika.data.encode_value = encode_with_floats
     pika.data.decode_value = decode_with_floats
+
+
+class FrameWriter:
+    """Sends one connection's frames in as few ``send()`` calls as possible (see the module
+    docstring). Lives as long as the connection and is used on its thread only."""
+
+    def __init__(self, connection: pika.BlockingConnection) -> None:
+        self._impl: Any = connection._impl  # the SelectConnection under the blocking facade
+        transport = self._impl._transport
+        self._direct = transport is not None and not isinstance(transport._sock, ssl.SSLSocket)
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
+        self._impl._output_marshaled_frames = self._output
+
+    def _output(self, frames: Sequence[bytes]) -> None:
+        """pika's ``Connection._output_marshaled_frames``, with the frames of one call joined."""
+        data = b"".join(frames)
+        self._impl.frames_sent += len(frames)
+        self._impl.bytes_sent += len(data)
+        if self._held is None:
+            self._write(data)
+            return
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= HELD_BYTES:
+            self._release()
+
+    def _write(self, data: bytes) -> None:
+        """Send at once what the socket takes when nothing waits ahead (a queued frame would
+        be overtaken); the rest joins pika's buffer, whose writer then sends it or reports
+        the socket's error."""
+        transport = self._impl._transport
+        if self._direct and transport is not None and transport.get_write_buffer_size() == 0:
+            try:
+                sent = transport._sock.send(data)
+            except OSError:
+                sent = 0
+            data = data[sent:]
+        if data:
+            self._impl._adapter_emit_data(data)
+
+    def _release(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            self._held_bytes = 0
+            self._write(b"".join(held))
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Gather the frames written inside and send them together on the way out (the
+        outermost of nested ``holding`` blocks sends). Nothing inside may wait for an answer
+        from RabbitMQ: its request would still be held."""
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            self._release()
+            self._held = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether pika's buffer still holds frames for its I/O loop to send."""
+        transport = self._impl._transport
+        return transport is not None and transport.get_write_buffer_size() > 0

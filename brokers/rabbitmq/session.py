@@ -20,15 +20,14 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
+from taskframe.brokers.rabbitmq.connection import FrameWriter
 from taskframe.exceptions import BrokerError
 
-__all__ = ["ASK_TTL", "Received", "Session"]
+__all__ = ["Received", "Session"]
 
-ASK_TTL = 1.0
-"""Seconds an ask for messages stands: the prefetch is not lowered, and a consumer's buffer is
-not given back, before that long without a larger (or any) ask."""
 MAX_PREFETCH = 65535
 """basic.qos prefetch_count is an AMQP short."""
 
@@ -39,10 +38,11 @@ Received = tuple[str, Any, pika.BasicProperties, bytes]
 class Session:
     """A connection, its two channels, the consumers on the main channel and their buffers."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, *, confirm: bool) -> None:
+    def __init__(self, parameters: pika.ConnectionParameters, *, confirm: bool, floor: int) -> None:
         self.pid = os.getpid()
         self.connection = pika.BlockingConnection(parameters)
         self.channel: BlockingChannel = self.connection.channel()
+        self.writer = FrameWriter(self.connection)
         self.confirm = confirm
         self._side: BlockingChannel | None = None
         self._unconfirmed: set[int] = set()
@@ -59,9 +59,15 @@ class Session:
         self.buffers: dict[str, deque[Received]] = {}
         self.unacked: list[int] = []
         self.handed_out = 0
+        self.wanted = 0
+        self.floor = floor
         self.prefetch = 0
-        self.asked = 0.0
-        self.fitted = 0.0
+        self._qos_unanswered = 0
+        self._awaiting_qos = False
+        # Answers to the basic.qos sent without waiting (see _fit), counted as they arrive.
+        self.connection._impl.callbacks.add(
+            self.channel.channel_number, pika.spec.Basic.QosOk, self._on_qos_ok, one_shot=False
+        )
         self._rotation = 0
 
     @property
@@ -89,7 +95,10 @@ class Session:
         self.channel.basic_publish(exchange, routing_key, body, properties)
 
     def wait_for_confirms(self, timeout: float) -> None:
-        """Return once RabbitMQ confirmed every publish so far (it holds the messages)."""
+        """Return once RabbitMQ confirmed every publish so far (it holds the messages), or
+        without confirms once every frame is written to the socket."""
+        if self.writer.pending and not self._unconfirmed:
+            self.connection.process_data_events(time_limit=0)
         deadline = time.monotonic() + timeout
         while self._unconfirmed:
             remaining = deadline - time.monotonic()
@@ -116,16 +125,17 @@ class Session:
             self._nacked += len(done)
         if not self._unconfirmed:
             # Ends the process_data_events call in wait_for_confirms at once.
-            self.connection.add_callback_threadsafe(_nothing)
+            self.connection.call_later(0, _nothing)
 
     # consuming
 
-    def consume(self, queues: Sequence[str], wanted: int, floor: int) -> None:
-        """Consume exactly ``queues``, with room for ``wanted`` more messages than handed out."""
+    def consume(self, queues: Sequence[str], wanted: int) -> None:
+        """Consume exactly ``queues``, asking for ``wanted`` messages beyond those handed out
+        (the ask replaces the previous one)."""
         for queue in [q for q in self.consumers if q not in queues]:
             self._cancel(queue)
-        self.asked = time.monotonic()
-        self.limit(max(floor, self.handed_out + wanted))
+        self.wanted = wanted
+        self._fit()
         for queue in queues:
             if queue not in self.consumers:
                 self.buffers[queue] = deque()
@@ -133,42 +143,43 @@ class Session:
                 self.consumers[queue] = tag
                 self._queue_of_tag[tag] = queue
 
-    def limit(self, wanted: int) -> None:
-        """Let RabbitMQ push up to ``wanted`` unsettled messages (handed out or buffered).
+    def _fit(self, settling: int = 0) -> None:
+        """Let RabbitMQ push what was asked for and not handed out yet, beyond the messages
+        handed out and not settled (less ``settling``, about to be), and never fewer than
+        the ``floor``; so messages nobody asked for stay on the queue, visible to ``size``
+        and to other consumers. An ask stands until the next one: messages that arrive after
+        a ``receive`` returned wait in the buffer for the next. The limit is at least one, as
+        AMQP reads a prefetch of 0 as "no limit"; a consumer that holds and wants nothing
+        stops instead (:meth:`_stop_when_sated`).
 
-        Each change is a basic.qos round trip, so the prefetch is raised at once but lowered
-        only after :data:`ASK_TTL` seconds in which no ask needed more than half of it: a
-        consumer asking for a few more or fewer each time keeps one value, and the credit an
-        ack frees lets RabbitMQ push the next message before the next ask, which then takes
-        it from the buffer instead of waiting a round trip. The limit is channel-wide (global
-        basic.qos: one limit over every queue consumed; a new value applies to running
-        consumers at once, a per-consumer one would not)."""
-        wanted = min(max(wanted, 1), MAX_PREFETCH)
-        now = time.monotonic()
-        if 2 * wanted > self.prefetch:
-            self.fitted = now
-        if wanted > self.prefetch or now - self.fitted > ASK_TTL:
-            self._set_prefetch(wanted)
+        The limit is channel-wide (global basic.qos: one limit over every queue consumed; a
+        new value applies to running consumers at once, a per-consumer one would not). It is
+        sent without waiting for RabbitMQ's answer: a channel's methods are applied in the
+        order they were sent, so an ack written after a lower limit cannot let in a message
+        under the old one. Waiting for each answer would cost a round trip per receive and
+        per batch of acks; the answers are counted off as they arrive."""
+        wanted = max(self.floor, self.handed_out - settling + self.wanted)
+        prefetch = min(max(wanted, 1), MAX_PREFETCH)
+        if prefetch != self.prefetch:
+            self._send_qos(prefetch)
 
-    def _set_prefetch(self, prefetch: int) -> None:
-        self.channel.basic_qos(prefetch_count=prefetch, global_qos=True)
+    def _send_qos(self, prefetch: int) -> None:
+        if not self.channel.is_open:  # pika checks before every method it sends itself
+            raise pika.exceptions.ChannelWrongStateError("the consuming channel is closed")
+        self.channel._impl._send_method(pika.spec.Basic.Qos(0, prefetch, True))
+        self._qos_unanswered += 1
         self.prefetch = prefetch
-        self.fitted = time.monotonic()
 
-    def relax(self, floor: int) -> None:
-        """Give back what a consumer that stopped asking holds but was not handed: after
-        :data:`ASK_TTL` seconds without a ``receive`` the prefetch drops to the messages handed
-        out (and ``floor``), and with none of those the consumers are cancelled, which puts
-        the buffered messages back on their queues for other consumers; the next ``receive``
-        starts them again. Called when settling, so it costs nothing while asks keep coming."""
-        if not self.consumers or time.monotonic() - self.asked <= ASK_TTL:
-            return
-        held = max(floor, self.handed_out)
-        if held == 0:
-            for queue in list(self.consumers):
-                self._cancel(queue)
-        elif held < self.prefetch:
-            self._set_prefetch(held)
+    def _on_qos_ok(self, _frame: Any) -> None:
+        self._qos_unanswered = max(0, self._qos_unanswered - 1)
+        if self._awaiting_qos and not self._qos_unanswered:
+            self.connection.call_later(0, _nothing)
+
+    def stop_consuming(self) -> None:
+        """Cancel every consumer, putting back what they buffered; ``consume`` restarts them."""
+        for queue in list(self.consumers):
+            self._cancel(queue)
+        self.wanted = 0
 
     def _cancel(self, queue: str) -> None:
         tag = self.consumers.pop(queue)
@@ -198,17 +209,28 @@ class Session:
             if len(taken) == before:
                 break
         self.handed_out += len(taken)
+        self.wanted = max(0, self.wanted - len(taken))
         return taken
 
     def wait(self, timeout: float) -> None:
         self.connection.process_data_events(time_limit=max(timeout, 0.0))
 
-    def sync(self) -> None:
-        """Take in every delivery RabbitMQ sent before now: a round trip on the consuming
-        channel comes back behind them."""
-        if self.consumers:
-            self.channel.basic_qos(prefetch_count=self.prefetch, global_qos=True)
-            self.wait(0)
+    def sync(self, timeout: float) -> None:
+        """Take in every delivery RabbitMQ sent before now: the answer to a basic.qos on the
+        consuming channel comes back behind them."""
+        if not self.consumers:
+            return
+        self._send_qos(self.prefetch)
+        deadline = time.monotonic() + timeout
+        self._awaiting_qos = True
+        try:
+            while self._qos_unanswered:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerError(f"RabbitMQ did not answer basic.qos within {timeout}s")
+                self.connection.process_data_events(time_limit=remaining)
+        finally:
+            self._awaiting_qos = False
 
     def buffered(self, queues: Sequence[str]) -> bool:
         return any(self.buffers.get(queue) for queue in queues)
@@ -216,27 +238,43 @@ class Session:
     # settling
 
     def settle(self, tag: int, *, ack: bool = False, requeue: bool = False) -> None:
-        if ack:
-            self.channel.basic_ack(tag)
-        else:
-            self.channel.basic_nack(tag, requeue=requeue)
+        """Ack or reject one delivery, the prefetch lowered first, in one write."""
+        with self.writer.holding():
+            self._fit(settling=1)
+            if ack:
+                self.channel.basic_ack(tag)
+            else:
+                self.channel.basic_nack(tag, requeue=requeue)
         self._forget([tag])
+        self._stop_when_sated()
 
     def ack_batch(self, tags: Sequence[int]) -> None:
-        """Ack ``tags``: the longest run that covers every unacked tag from the oldest goes in
-        one ``multiple=True`` ack, the rest one by one."""
+        """Ack ``tags``, the prefetch lowered first, in one write: the longest run that covers
+        every unacked tag from the oldest goes in one ``multiple=True`` ack, the rest one by
+        one."""
         wanted = set(tags)
         covered = 0
         for tag in self.unacked:
             if tag not in wanted:
                 break
             covered = tag
-        if covered:
-            self.channel.basic_ack(covered, multiple=True)
-        for tag in sorted(wanted):
-            if tag > covered:
-                self.channel.basic_ack(tag)
+        with self.writer.holding():
+            self._fit(settling=len(wanted))
+            if covered:
+                self.channel.basic_ack(covered, multiple=True)
+            for tag in sorted(wanted):
+                if tag > covered:
+                    self.channel.basic_ack(tag)
         self._forget(sorted(wanted))
+        self._stop_when_sated()
+
+    def _stop_when_sated(self) -> None:
+        """A consumer that holds nothing and wants nothing stops consuming until its next ask:
+        a prefetch cannot be 0 (AMQP reads it as "no limit"), and with 1 RabbitMQ would hand
+        it a message nobody asked for, which could wait there for as long as the consumer
+        does not ask again. Costs a round trip now and one at the next ask."""
+        if self.consumers and max(self.floor, self.handed_out + self.wanted) == 0:
+            self.stop_consuming()
 
     def _forget(self, tags: Sequence[int], *, handed: bool = True) -> None:
         for tag in tags:
@@ -257,9 +295,9 @@ class _QuietProbes(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        return not (
-            isinstance(args, tuple) and args[:1] == (404,) and "Channel.Close" in record.msg
-        )
+        # Compare only an int: pika's method objects compare by __dict__ and raise on an int.
+        first = args[0] if isinstance(args, tuple) and args else None
+        return not (type(first) is int and first == 404 and "Channel.Close" in str(record.msg))
 
 
 logging.getLogger("pika.channel").addFilter(_QuietProbes())

@@ -15,6 +15,7 @@ from typing import Any
 import pika
 
 from taskframe.brokers.base import Message
+from taskframe.brokers.rabbitmq.codec import Properties
 
 __all__ = [
     "DEFER_UNTIL",
@@ -111,7 +112,7 @@ def properties_for(
         values["priority"] = min(max(int(values["priority"]), 0), 255)
     if values.get("expiration") is not None:
         values["expiration"] = str(values["expiration"])
-    return pika.BasicProperties(
+    return Properties(
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         headers=dict(message.headers),
