@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from benchmarks import harness, report
-from benchmarks.settings import BROKERS, FRAMEWORKS, BenchConfig
+from benchmarks.settings import BROKERS, DEFAULT_BROKERS, FRAMEWORKS, BenchConfig
 
 __all__ = ["main"]
 
@@ -36,7 +36,11 @@ def parse(argv: list[str]) -> BenchConfig:
     parser.add_argument("--round-trips", type=int, default=defaults.round_trips)
     parser.add_argument("--chord", type=int, default=defaults.chord_size, dest="chord_size")
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
-    parser.add_argument("--brokers", default=",".join(BROKERS), help="comma-separated subset")
+    parser.add_argument(
+        "--brokers",
+        default=",".join(DEFAULT_BROKERS),
+        help=f"comma-separated, of {', '.join(BROKERS)} (sqs on request: moto is slow)",
+    )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated")
     parser.add_argument("--no-floors", action="store_true", help="skip the raw client floors")
     parser.add_argument(

@@ -1,7 +1,9 @@
 """The run: every repeat walks the brokers, and on each broker the frameworks in an order that
 rotates by repeat, so no framework always runs first on a cold (or warm) machine.
 
-SQLite rows are taskframe's alone. Floors run once per repeat, after the frameworks. Whatever
+SQLite rows are taskframe's alone. SQS rows run on a moto server the run starts, at a twentieth
+of the sizes (moto is slow), for taskframe and Celery (Dramatiq has no SQS broker of its own).
+Floors run once per repeat, after the frameworks. Whatever
 happens, every worker started is stopped and the run's Redis db is cleared at the end; the
 scratch directory (sqlite file, worker logs) is kept only when something failed.
 """
@@ -9,10 +11,11 @@ scratch directory (sqlite file, worker logs) is kept only when something failed.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from benchmarks.dramatiq_runner import DramatiqRunner
 from benchmarks.processes import stop_all
 from benchmarks.runner import Runner
 from benchmarks.settings import BenchConfig
+from benchmarks.sqs_server import CREDENTIALS, MotoServer, scaled
 from benchmarks.stores import amqp_available, clear_redis
 from benchmarks.taskframe_runner import TaskframeRunner, sample_payload
 
@@ -85,15 +89,20 @@ def run(config: BenchConfig) -> RunResult:
         brokers.remove("rabbitmq")
     payload = sample_payload()
     result.payload_bytes = len(payload)
+    moto = MotoServer()
     try:
+        if "sqs" in brokers:
+            os.environ.update(CREDENTIALS)
+            config = replace(config, sqs_endpoint=moto.start())
         clear_redis(config.redis_url())
         for repeat in range(config.repeats):
             for broker in brokers:
-                _one_broker(result, config, scratch, counter, broker, repeat)
+                _one_broker(result, _sized_for(config, broker), scratch, counter, broker, repeat)
             if config.floors:
                 _floors(result, config, brokers, payload)
     finally:
         stop_all()
+        moto.stop()
         clear_redis(config.redis_url())
         counter.close()
         result.duration = time.time() - result.started
@@ -112,7 +121,8 @@ def _one_broker(
     broker: str,
     repeat: int,
 ) -> None:
-    frameworks = [fw for fw in config.frameworks if broker != "sqlite" or fw == "taskframe"]
+    alone = {"sqlite": ("taskframe",), "sqs": ("taskframe", "celery")}
+    frameworks = [fw for fw in config.frameworks if fw in alone.get(broker, (fw,))]
     shift = repeat % max(1, len(frameworks))
     for framework in frameworks[shift:] + frameworks[:shift]:
         runner = RUNNERS[framework](broker, config, scratch)
@@ -131,6 +141,18 @@ def _one_broker(
             time.monotonic() - started,
             _brief(outcomes),
         )
+
+
+def _sized_for(config: BenchConfig, broker: str) -> BenchConfig:
+    if broker != "sqs":
+        return config
+    return replace(
+        config,
+        tasks=scaled(config.tasks),
+        batch_tasks=scaled(config.batch_tasks),
+        round_trips=scaled(config.round_trips),
+        chord_size=scaled(config.chord_size),
+    )
 
 
 def _close(runner: Runner) -> None:

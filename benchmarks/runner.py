@@ -21,9 +21,17 @@ from benchmarks.settings import (
     ENV_BROKER_URL,
     ENV_CONFIRM_PUBLISH,
     ENV_QUEUE,
+    SQS_QUEUE_PREFIX,
     BenchConfig,
 )
-from benchmarks.stores import clear_redis, delete_amqp_queues, purge_amqp_queues
+from benchmarks.sqs_server import CREDENTIALS
+from benchmarks.stores import (
+    clear_redis,
+    delete_amqp_queues,
+    delete_sqs_queues,
+    purge_amqp_queues,
+    purge_sqs_queues,
+)
 
 __all__ = ["BIN", "REPO", "Runner", "Unavailable"]
 
@@ -54,6 +62,8 @@ class Runner(ABC):
             return self.config.redis_url()
         if self.broker == "rabbitmq":
             return self.config.amqp_url
+        if self.broker == "sqs":
+            return f"sqs://test:test@{self.config.sqs_endpoint}"
         raise Unavailable(f"{self.broker}: taskframe only")
 
     @property
@@ -110,6 +120,7 @@ class Runner(ABC):
                 ENV_QUEUE: self.queue,
                 ENV_CONFIRM_PUBLISH: "0",
                 COUNTER_URL_ENV: self.config.redis_url(),
+                **CREDENTIALS,
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
             }
         )
@@ -119,9 +130,13 @@ class Runner(ABC):
         """Empty the queue, results and counters between workloads."""
         if self.broker == "rabbitmq":
             purge_amqp_queues(self.config.amqp_url, self.amqp_queues)
+        if self.broker == "sqs":
+            purge_sqs_queues(self.config.sqs_endpoint, SQS_QUEUE_PREFIX)
         clear_redis(self.config.redis_url())
 
     def close(self) -> None:
         """Close connections; on RabbitMQ also delete the benchmark's queues."""
         if self.broker == "rabbitmq":
             delete_amqp_queues(self.config.amqp_url, self.amqp_queues)
+        if self.broker == "sqs":
+            delete_sqs_queues(self.config.sqs_endpoint, SQS_QUEUE_PREFIX)

@@ -19,13 +19,18 @@ from pathlib import Path
 __all__ = [
     "BROKERS",
     "CONFIRMED_TASKS",
+    "DEFAULT_BROKERS",
     "FRAMEWORKS",
+    "SQS_QUEUE_PREFIX",
     "WORKLOADS",
     "BenchConfig",
     "Workload",
 ]
 
-BROKERS = ("redis", "rabbitmq", "sqlite")
+BROKERS = ("redis", "rabbitmq", "sqs", "sqlite")
+DEFAULT_BROKERS = ("redis", "rabbitmq", "sqlite")
+"""SQS runs on request (``--brokers sqs``): on moto a run there takes minutes and says more
+about moto than about the frameworks."""
 FRAMEWORKS = ("taskframe", "celery", "dramatiq")
 BENCH_QUEUE = "taskframe-bench"
 
@@ -33,6 +38,8 @@ ENV_BROKER_URL = "BENCH_BROKER_URL"
 ENV_BACKEND_URL = "BENCH_BACKEND_URL"
 ENV_QUEUE = "BENCH_QUEUE"
 ENV_CONFIRM_PUBLISH = "BENCH_CONFIRM_PUBLISH"
+SQS_QUEUE_PREFIX = "tfbench-"
+"""Every SQS queue of the run starts with this (kombu's ``queue_name_prefix``)."""
 CONFIRMED_TASKS = 5_000
 """At most this many tasks in the confirmed row: a confirm costs a round trip per message."""
 
@@ -79,13 +86,15 @@ class BenchConfig:
     round_trips: int = 500
     chord_size: int = 1_000
     repeats: int = 3
-    brokers: tuple[str, ...] = BROKERS
+    brokers: tuple[str, ...] = DEFAULT_BROKERS
     frameworks: tuple[str, ...] = FRAMEWORKS
     floors: bool = True
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
     redis_db: int = 10
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    sqs_endpoint: str = ""
+    """``host:port`` of the moto server the harness started (empty until then)."""
     results_dir: Path = field(default_factory=lambda: Path(__file__).parent / "results")
     timeout: float = 300.0
 

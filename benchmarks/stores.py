@@ -2,18 +2,27 @@
 
 Redis: every key of the run's db except kombu's ``_kombu.binding*`` sets, which a live Celery
 producer has declared once and would not write again. RabbitMQ: purge (and at the end delete)
-the named queues; a queue that does not exist is skipped.
+the named queues; a queue that does not exist is skipped. SQS (moto): purge, and at the end
+delete, every queue whose name starts with the run's prefix.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import boto3
 import pika
 import pika.exceptions
 import redis
 
-__all__ = ["amqp_available", "clear_redis", "delete_amqp_queues", "purge_amqp_queues"]
+__all__ = [
+    "amqp_available",
+    "clear_redis",
+    "delete_amqp_queues",
+    "delete_sqs_queues",
+    "purge_amqp_queues",
+    "purge_sqs_queues",
+]
 
 
 def clear_redis(url: str) -> None:
@@ -59,3 +68,27 @@ def amqp_available(url: str) -> str | None:
     except pika.exceptions.AMQPError as exc:
         return f"RabbitMQ unreachable: {exc!r}"
     return None
+
+
+def _sqs_queues(endpoint: str, prefix: str) -> tuple[object, list[str]]:
+    client = boto3.client(
+        "sqs",
+        endpoint_url=f"http://{endpoint}",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    urls: list[str] = client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])
+    return client, urls
+
+
+def purge_sqs_queues(endpoint: str, prefix: str) -> None:
+    client, urls = _sqs_queues(endpoint, prefix)
+    for url in urls:
+        client.purge_queue(QueueUrl=url)  # type: ignore[attr-defined]
+
+
+def delete_sqs_queues(endpoint: str, prefix: str) -> None:
+    client, urls = _sqs_queues(endpoint, prefix)
+    for url in urls:
+        client.delete_queue(QueueUrl=url)  # type: ignore[attr-defined]

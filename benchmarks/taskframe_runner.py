@@ -15,6 +15,7 @@ from typing import Any
 import taskframe
 from benchmarks.apps import tasks, tf_app
 from benchmarks.runner import BIN, Runner, Unavailable
+from benchmarks.settings import SQS_QUEUE_PREFIX
 
 __all__ = ["TaskframeRunner", "sample_payload"]
 
@@ -45,6 +46,8 @@ class TaskframeRunner(Runner):
     def broker_url(self) -> str:
         if self.broker == "sqlite":
             return f"sqlite:///{self.scratch / 'bench.sqlite3'}"
+        if self.broker == "sqs":
+            return f"{super().broker_url}/?queue_name_prefix={SQS_QUEUE_PREFIX}&region=us-east-1"
         return super().broker_url
 
     @property
@@ -52,7 +55,11 @@ class TaskframeRunner(Runner):
         return self.broker_url if self.broker == "sqlite" else super().backend_url
 
     def check(self) -> None:
-        module = {"redis": "taskframe.brokers.redis", "rabbitmq": "taskframe.brokers.rabbitmq"}
+        module = {
+            "redis": "taskframe.brokers.redis",
+            "rabbitmq": "taskframe.brokers.rabbitmq",
+            "sqs": "taskframe.brokers.sqs",
+        }
         name = module.get(self.broker)
         if name is not None and not _module_exists(name):
             raise Unavailable("broker not implemented")

@@ -104,3 +104,49 @@ def test_tiny_benchmark_measures_every_row_and_writes_its_files(tmp_path: Path) 
 
     # And the raw client floors ran on both servers
     assert {(floor["broker"], floor["floor"]) for floor in data["floors"]} == FLOORS
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.sqs
+def test_tiny_benchmark_runs_taskframe_on_sqs(tmp_path: Path) -> None:
+    """The SQS rows start a moto server of their own; Celery is left out here because its
+    drain on moto can hold the last message past any tiny timeout."""
+    require_server("Redis", REDIS_HOST, REDIS_PORT)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--brokers",
+            "sqs",
+            "--frameworks",
+            "taskframe",
+            "--tasks",
+            "200",
+            "--round-trips",
+            "20",
+            "--chord",
+            "20",
+            "--repeats",
+            "1",
+            "--no-floors",
+            "--redis-db",
+            "11",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    [result] = tmp_path.glob("*.json")
+    data = json.loads(result.read_text())
+    assert data["errors"] == []
+    assert {row["workload"] for row in data["rows"]} == WORKLOADS
+    for row in data["rows"]:
+        assert row["broker"] == "sqs"
+        assert isinstance(row["values"]["taskframe"], float), row

@@ -2,8 +2,9 @@
 
 Celery's defaults everywhere (prefetch multiplier 4, early acks, gossip, mingle and heartbeats
 on) except the queue name and ``broker_connection_retry_on_startup`` (set only to silence
-Celery's deprecation warning); publisher confirms (kombu's ``confirm_publish``, off by default)
-only for the confirmed row.
+Celery's deprecation warning); on SQS the region and queue-name prefix of the run's moto
+server; publisher confirms (kombu's ``confirm_publish``, off by default) only for the
+confirmed row.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from benchmarks.settings import (
     ENV_BROKER_URL,
     ENV_CONFIRM_PUBLISH,
     ENV_QUEUE,
+    SQS_QUEUE_PREFIX,
 )
 
 __all__ = ["app", "build"]
@@ -32,6 +34,11 @@ def build(
     app.conf.broker_connection_retry_on_startup = True
     if confirm_publish:
         app.conf.broker_transport_options = {"confirm_publish": True}
+    if broker_url.startswith("sqs://"):
+        app.conf.broker_transport_options = {
+            "region": "us-east-1",
+            "queue_name_prefix": SQS_QUEUE_PREFIX,
+        }
     app.task(name=tasks.NAMES["noop"], ignore_result=True)(tasks.noop)
     app.task(name=tasks.NAMES["echo"])(tasks.echo)
     app.task(name=tasks.NAMES["chord_done"])(tasks.chord_done)
