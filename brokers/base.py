@@ -191,6 +191,12 @@ class Broker(ABC):
         for delivery in deliveries:
             delivery.ack()
 
+    def send_acks(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack a batch without waiting for the store to confirm it: the acks are on their way,
+        in order, when this returns (the worker's hot path). Stores that cannot defer the
+        confirmation ack as :meth:`ack_many` does."""
+        self.ack_many(deliveries)
+
     @abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park the message in the queue's dead-letter store, settling the delivery if it is

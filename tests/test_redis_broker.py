@@ -417,3 +417,25 @@ def test_a_receive_that_never_ran_gives_nothing_back_twice(
     # Then the first receive's message (still held) was not given back: the next is m1
     assert (first.message.body, second.message.body) == (b"m0", b"m1")
     assert raw.llen("no-run") == 0 and raw.hlen("unacked") == 2
+
+
+def test_acks_sent_without_waiting_are_applied_and_resent_if_their_fate_is_unknown(
+    broker: RedisBroker, raw: redis.Redis[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given received messages acked through the worker's path (replies not awaited)
+    broker.publish_many([("ack-line", Message(f"m{n}".encode()), 0.0, None) for n in range(4)])
+    first = broker.receive(["ack-line"], 2, 1.0)
+    broker.send_acks(first)
+    # When the next receive runs, the acks are in
+    second = broker.receive(["ack-line"], 2, 1.0)
+    assert raw.hlen("unacked") == 2
+    # And when the line breaks before their replies are read, they are sent again
+    broker.send_acks(second)
+    connection = broker._acks._connection()
+
+    def broken() -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(connection, "read_response", broken)
+    assert broker.receive(["ack-line"], 1, 0.0) == []
+    assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0

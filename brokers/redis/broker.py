@@ -22,6 +22,7 @@ from taskframe.brokers.base import Broker, Capabilities, DeadLetter, Delivery, M
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
 from taskframe.brokers.redis.connection import (
+    AckLine,
     DedicatedClient,
     connect,
     parse_url,
@@ -138,6 +139,7 @@ class RedisBroker(Broker):
         )
         self.client = connect(self.target, options)
         self._producer = DedicatedClient(self.client)
+        self._acks = AckLine(self.client)
         self._receive_script = self.client.register_script(scripts.RECEIVE)
         self._promote_script = self.client.register_script(scripts.PROMOTE)
         self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
@@ -330,6 +332,28 @@ class RedisBroker(Broker):
             if not isinstance(other, RedisDelivery):
                 other.ack()
 
+    def send_acks(self, deliveries: Sequence[Delivery]) -> None:
+        """The batch goes out on the ack line; its replies are read by the next receive (see
+        :class:`~taskframe.brokers.redis.connection.AckLine`). Acks that cannot be written
+        wait in the same place as :meth:`_remove_unacked`'s."""
+        pending = [d for d in deliveries if isinstance(d, RedisDelivery) and not d.settled]
+        for delivery in pending:
+            delivery.settled = True
+        waiting = len(self._unsent_acks)
+        tags = [*self._unsent_acks, *(d.tag for d in pending if d.tag)]
+        self._unsent_acks = []
+        if tags:
+            try:
+                with translate_errors(self.target):
+                    self._acks.send(tags)
+            except BrokerConnectionError as exc:
+                self._unsent_acks = tags
+                if not waiting:
+                    log.warning("acks wait until Redis is back: %s", exc)
+        for other in deliveries:
+            if not isinstance(other, RedisDelivery):
+                other.ack()
+
     def _remove_unacked(self, deliveries: Sequence[RedisDelivery]) -> None:
         """Acks that cannot reach Redis are kept and sent first by the next call that can,
         and do not raise: the worker goes on running what it acked, and a restart does not
@@ -355,6 +379,8 @@ class RedisBroker(Broker):
         """Send acks kept while Redis was away, and give back what a receive whose reply was
         lost took: the messages its receipt names, else a message BRPOP took just before the
         connection broke (at the head of its list, where it was)."""
+        with translate_errors(self.target):
+            self._unsent_acks += self._acks.settle()
         if self._unsent_acks:
             self._remove_unacked([])
             if self._unsent_acks:
@@ -586,8 +612,11 @@ class RedisBroker(Broker):
         self._recover()
 
     def close(self) -> None:
+        with suppress(redis.RedisError):
+            self._unsent_acks += self._acks.settle()
         if self._unsent_acks:
             self._remove_unacked([])
+        self._acks.close()
         self._producer.close()
         self.client.close()
         self.client.connection_pool.disconnect()

@@ -278,3 +278,71 @@ def _denied(target: RedisTarget, exc: Exception) -> BrokerError:
         f"authentication failed for {target.display} ({exc}); check the user name and "
         "password in the URL"
     )
+
+
+class AckLine:
+    """Acks written without waiting for their replies, read back by a later call.
+
+    An early ack must reach Redis before its job is handed to a child, but nothing needs its
+    reply: waiting for it put a round trip on every hand-off (measured: 80 µs of a 0.66 ms
+    round trip, and 15% of a chord's time). The commands go out in order on a connection of
+    their own (so no other command reads their replies); :meth:`settle` reads the replies and
+    returns the tags of any batch whose fate is unknown because the connection broke, for the
+    caller to send again: removing an unacked entry twice is harmless."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._line = DedicatedClient(client)
+        self._pending: list[tuple[int, list[str]]] = []
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def send(self, tags: list[str]) -> None:
+        """Write ZREM and HDEL of ``tags`` (``redis.ConnectionError`` if the write fails)."""
+        commands = [("ZREM", "unacked_index", *tags), ("HDEL", "unacked", *tags)]
+        with self._lock:
+            self._forget_after_fork()
+            connection = self._connection()
+            try:
+                connection.send_packed_command(connection.pack_commands(commands), False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                connection.disconnect()
+                raise
+            self._pending.append((len(commands), tags))
+
+    def settle(self) -> list[str]:
+        """Read every reply due; returns the tags whose acks may not have arrived."""
+        with self._lock:
+            self._forget_after_fork()
+            lost: list[str] = []
+            if not self._pending:
+                return lost
+            connection = self._connection()
+            while self._pending:
+                replies, tags = self._pending[0]
+                try:
+                    for _ in range(replies):
+                        connection.read_response()
+                except (redis.ConnectionError, redis.TimeoutError):
+                    connection.disconnect()
+                    lost = [tag for _, batch in self._pending for tag in batch]
+                    self._pending.clear()
+                    return lost
+                finally:
+                    if self._pending and self._pending[0][1] is tags:
+                        self._pending.pop(0)
+            return lost
+
+    def close(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._line.close()
+
+    def _connection(self) -> Any:
+        held: Any = self._line.get()
+        return held.connection
+
+    def _forget_after_fork(self) -> None:
+        """A forked child's line is a new connection: the parent's replies are not on it."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._pending.clear()

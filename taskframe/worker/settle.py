@@ -86,7 +86,7 @@ class Settler:
     def flush(self) -> None:
         if self._to_ack:
             pending, self._to_ack = self._to_ack, []
-            self.app.broker.ack_many([d for d in pending if not d.settled])
+            self.app.broker.send_acks([d for d in pending if not d.settled])
 
     def settle(self, report: Report, delivery: Delivery) -> None:
         """Settle ``delivery`` from its job's report."""
