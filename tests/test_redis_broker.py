@@ -431,7 +431,7 @@ def test_acks_sent_without_waiting_are_applied_and_resent_if_their_fate_is_unkno
     assert raw.hlen("unacked") == 2
     # And when the line breaks before their replies are read, they are sent again
     broker.send_acks(second)
-    connection = broker._acks._connection()
+    connection = broker._unacked._line._connection()
 
     def broken() -> None:
         raise redis.ConnectionError("Connection closed by server.")

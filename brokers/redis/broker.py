@@ -7,39 +7,32 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
 from typing import Any, ClassVar
 
 import redis
 from redis.client import PubSub
-from redis.exceptions import LockError
 
 from taskframe.brokers.base import Broker, Capabilities, DeadLetter, Delivery, Message, Subscription
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
 from taskframe.brokers.redis.connection import (
-    AckLine,
     DedicatedClient,
     connect,
     parse_url,
     translate_errors,
 )
+from taskframe.brokers.redis.unacked import UNACKED, UNACKED_INDEX, Unacked
 from taskframe.exceptions import BrokerConnectionError
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
 log = logging.getLogger(__name__)
 
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
-UNACKED_MUTEX = "unacked_mutex"
 DELAYED = "taskframe.delayed"
 DELAYED_COUNTS = "taskframe.delayed.count"
-RECEIPT_PREFIX = "taskframe.receipt."
 UNKNOWN_CONTENT_TYPE = "application/x-unknown"
 PROMOTE_LIMIT = 100
 
@@ -69,13 +62,13 @@ class RedisDelivery(Delivery):
         self.raw = raw
 
     def _ack(self) -> None:
-        self.broker._remove_unacked([self])
+        self.broker._unacked.remove([self.tag] if self.tag else [])
 
     def _reject(self, requeue: bool) -> None:
         if requeue:
             self.broker._requeue(self)
         else:
-            self.broker._remove_unacked([self])
+            self._ack()
 
     def extend(self, seconds: float) -> None:
         if not self.settled:
@@ -129,8 +122,6 @@ class RedisBroker(Broker):
         self.restore_interval = float(
             options.get("restore_interval", min(60.0, self.visibility_timeout / 2))
         )
-        self.restore_batch = int(options.get("restore_batch", 100))
-        self.mutex_expire = float(options.get("unacked_mutex_expire", 300))
         self.promote_interval = float(options.get("promote_interval", 1.0))
         self.durable_delays = bool(options.get("durable_delays", True))
         prefix = options.get("fanout_prefix", True)
@@ -139,21 +130,23 @@ class RedisBroker(Broker):
         )
         self.client = connect(self.target, options)
         self._producer = DedicatedClient(self.client)
-        self._acks = AckLine(self.client)
+        self._unacked = Unacked(
+            self.client,
+            self.target,
+            visibility_timeout=self.visibility_timeout,
+            restore_batch=int(options.get("restore_batch", 100)),
+            mutex_expire=float(options.get("unacked_mutex_expire", 300)),
+        )
         self._receive_script = self.client.register_script(scripts.RECEIVE)
         self._promote_script = self.client.register_script(scripts.PROMOTE)
         self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
-        self._restore_script = self.client.register_script(scripts.RESTORE)
         self._replay_script = self.client.register_script(scripts.REPLAY)
         self._rate_script = self.client.register_script(scripts.RATE_TOKEN)
         self._declared: set[str] = set()
         self._rotation = 0
         self._next_sweep = 0.0
         self._next_promote = 0.0
-        self._unsent_acks: list[str] = []
         self._orphan: tuple[str, bytes] | None = None
-        self._receipt_key = ""
-        self._receipt_pid = 0
         self._unanswered: str | None = None
         """Id of a receive call whose reply never came (see ``scripts.RECEIVE``)."""
 
@@ -282,7 +275,14 @@ class RedisBroker(Broker):
         call = str(uuid.uuid4())
         self._unanswered = call
         reply = self._receive_script(
-            keys=[UNACKED, UNACKED_INDEX, DELAYED, DELAYED_COUNTS, self._receipt(), *keys],
+            keys=[
+                UNACKED,
+                UNACKED_INDEX,
+                DELAYED,
+                DELAYED_COUNTS,
+                self._unacked.receipt_key(),
+                *keys,
+            ],
             args=[
                 time.time(),
                 wanted,
@@ -324,99 +324,36 @@ class RedisBroker(Broker):
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """One MULTI for the whole batch."""
-        pending = [d for d in deliveries if isinstance(d, RedisDelivery) and not d.settled]
-        for delivery in pending:
-            delivery.settled = True
-        self._remove_unacked(pending)
-        for other in deliveries:
-            if not isinstance(other, RedisDelivery):
-                other.ack()
+        self._settle_batch(deliveries, wait=True)
 
     def send_acks(self, deliveries: Sequence[Delivery]) -> None:
         """The batch goes out on the ack line; its replies are read by the next receive (see
-        :class:`~taskframe.brokers.redis.connection.AckLine`). Acks that cannot be written
-        wait in the same place as :meth:`_remove_unacked`'s."""
+        :class:`~taskframe.brokers.redis.unacked.AckLine`)."""
+        self._settle_batch(deliveries, wait=False)
+
+    def _settle_batch(self, deliveries: Sequence[Delivery], *, wait: bool) -> None:
         pending = [d for d in deliveries if isinstance(d, RedisDelivery) and not d.settled]
         for delivery in pending:
             delivery.settled = True
-        waiting = len(self._unsent_acks)
-        tags = [*self._unsent_acks, *(d.tag for d in pending if d.tag)]
-        self._unsent_acks = []
-        if tags:
-            try:
-                with translate_errors(self.target):
-                    self._acks.send(tags)
-            except BrokerConnectionError as exc:
-                self._unsent_acks = tags
-                if not waiting:
-                    log.warning("acks wait until Redis is back: %s", exc)
+        self._unacked.remove([d.tag for d in pending if d.tag], wait=wait)
         for other in deliveries:
             if not isinstance(other, RedisDelivery):
                 other.ack()
-
-    def _remove_unacked(self, deliveries: Sequence[RedisDelivery]) -> None:
-        """Acks that cannot reach Redis are kept and sent first by the next call that can,
-        and do not raise: the worker goes on running what it acked, and a restart does not
-        turn an early-acked task into a redelivery an hour later. (A process that exits
-        before Redis is back leaves them unacked: they are redelivered, never lost.)"""
-        waiting = len(self._unsent_acks)
-        tags = [*self._unsent_acks, *(d.tag for d in deliveries if d.tag)]
-        self._unsent_acks = []
-        if not tags:
-            return
-        try:
-            with translate_errors(self.target):
-                pipe = self.client.pipeline(transaction=True)
-                pipe.zrem(UNACKED_INDEX, *tags)
-                pipe.hdel(UNACKED, *tags)
-                pipe.execute()
-        except BrokerConnectionError as exc:
-            self._unsent_acks = tags
-            if not waiting:
-                log.warning("acks wait until Redis is back: %s", exc)
 
     def _recover(self) -> None:
         """Send acks kept while Redis was away, and give back what a receive whose reply was
         lost took: the messages its receipt names, else a message BRPOP took just before the
         connection broke (at the head of its list, where it was)."""
-        with translate_errors(self.target):
-            self._unsent_acks += self._acks.settle()
-        if self._unsent_acks:
-            self._remove_unacked([])
-            if self._unsent_acks:
-                raise BrokerConnectionError(f"cannot reach Redis at {self.target.address}")
+        self._unacked.flush()
         if self._unanswered is not None:
-            with translate_errors(self.target):
-                if self._restore_receipt(self._unanswered):
-                    self._orphan = None
+            if self._unacked.restore_receipt(self._unanswered):
+                self._orphan = None
             self._unanswered = None
         if self._orphan is not None:
             key, item = self._orphan
             with translate_errors(self.target):
                 self.client.rpush(key, item)
             self._orphan = None
-
-    def _receipt(self) -> str:
-        """This consumer's receipt key (a forked child gets a key of its own)."""
-        if self._receipt_pid != os.getpid():
-            self._receipt_pid = os.getpid()
-            self._receipt_key = f"{RECEIPT_PREFIX}{uuid.uuid4()}"
-        return self._receipt_key
-
-    def _restore_receipt(self, call: str) -> bool:
-        """Put back the messages receive call ``call`` took, if it ran; True if it did."""
-        raw = self.client.get(self._receipt())
-        receipt = json.loads(raw) if raw else None
-        if not receipt or receipt[0] != call:
-            return False
-        tags = [str(tag) for tag in receipt[1]]
-        values = self.client.hmget(UNACKED, tags)
-        restored = sum(
-            self._restore_one(tag.encode(), v)
-            for tag, v in reversed(list(zip(tags, values, strict=True)))
-        )
-        log.warning("gave back %d message(s) taken by a receive whose reply was lost", restored)
-        return True
 
     def _requeue(self, delivery: RedisDelivery) -> None:
         """Back to the far end of its list (LPUSH, as kombu), flagged redelivered."""
@@ -434,68 +371,13 @@ class RedisBroker(Broker):
             )
 
     def _extend(self, delivery: RedisDelivery, seconds: float) -> None:
-        """Move the unacked_index score so that every sweep (ours and kombu's) sees the
-        message as delivered ``seconds`` from now minus the visibility timeout; never earlier."""
-        if delivery.tag is None:
-            return
-        score = time.time() + seconds - self.visibility_timeout
-        with translate_errors(self.target):
-            self.client.zadd(UNACKED_INDEX, {delivery.tag: score}, xx=True, gt=True)
+        if delivery.tag is not None:
+            self._unacked.extend(delivery.tag, seconds)
 
     def restore_visible(self) -> int:
-        """Put unacked messages older than the visibility timeout back on their queues.
-
-        Takes kombu's ``unacked_mutex`` the way kombu does, so a Celery worker's sweep and
-        this one never run at once; each message moves in one compare-and-swap script."""
+        """Put unacked messages older than the visibility timeout back on their queues."""
         self._next_sweep = time.monotonic() + self.restore_interval
-        restored = 0
-        with translate_errors(self.target):
-            lock = self.client.lock(UNACKED_MUTEX, timeout=self.mutex_expire)
-            if not lock.acquire(blocking=False):
-                return 0
-            try:
-                ceiling = time.time() - self.visibility_timeout
-                tags = self.client.zrangebyscore(
-                    UNACKED_INDEX, "-inf", ceiling, start=0, num=self.restore_batch
-                )
-                values = self.client.hmget(UNACKED, tags) if tags else []
-                for tag, value in zip(tags, values, strict=True):
-                    restored += self._restore_one(tag, value)
-            finally:
-                with suppress(LockError):
-                    lock.release()
-        return restored
-
-    def _restore_one(self, tag: bytes, value: bytes | None) -> int:
-        if value is None:
-            self.client.zrem(UNACKED_INDEX, tag)
-            return 0
-        try:
-            envelope, exchange, routing_key = json.loads(value)
-            restored = kombu.mark_redelivered(envelope)
-            number = kombu.clamp_priority(restored["properties"].get("priority"))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            log.error("dropping unreadable unacked entry %r: %r", tag, value[:200])
-            self.client.pipeline().zrem(UNACKED_INDEX, tag).hdel(UNACKED, tag).execute()
-            return 0
-        keys = [kombu.list_key(q, number) for q in self._lookup(str(exchange), str(routing_key))]
-        result = self._restore_script(
-            keys=[UNACKED, UNACKED_INDEX, *keys], args=[tag, value, json.dumps(restored)]
-        )
-        return int(result)
-
-    def _lookup(self, exchange: str, routing_key: str) -> list[str]:
-        """The queues a message sent to ``exchange`` with ``routing_key`` reaches (direct
-        routing through kombu's binding set; the routing key itself for exchange "")."""
-        if not exchange:
-            return [routing_key]
-        members = self.client.smembers(f"_kombu.binding.{exchange}")
-        queues = []
-        for member in members:
-            key, _pattern, queue = member.decode("utf-8").split(kombu.SEP, 2)
-            if key == routing_key:
-                queues.append(queue)
-        return queues or [routing_key]
+        return self._unacked.restore_visible()
 
     # dead letters
 
@@ -612,11 +494,7 @@ class RedisBroker(Broker):
         self._recover()
 
     def close(self) -> None:
-        with suppress(redis.RedisError):
-            self._unsent_acks += self._acks.settle()
-        if self._unsent_acks:
-            self._remove_unacked([])
-        self._acks.close()
+        self._unacked.close()
         self._producer.close()
         self.client.close()
         self.client.connection_pool.disconnect()

@@ -1,0 +1,256 @@
+"""The unacked ledger: what consumers hold, in kombu's layout (``unacked`` hash: tag ->
+``[envelope, exchange, routing_key]``; ``unacked_index`` zset: tag -> delivery time).
+
+:class:`Unacked` settles entries (acks, sent at once or without waiting for their replies,
+kept while Redis is away), gives back what a receive whose reply was lost took (by its
+receipt), and puts back entries older than the visibility timeout, as kombu's sweep does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import suppress
+from typing import Any
+
+import redis
+from redis.exceptions import LockError
+
+from taskframe.brokers.redis import envelope as kombu
+from taskframe.brokers.redis import scripts
+from taskframe.brokers.redis.connection import DedicatedClient, RedisTarget, translate_errors
+from taskframe.exceptions import BrokerConnectionError
+
+__all__ = ["RECEIPT_PREFIX", "UNACKED", "UNACKED_INDEX", "UNACKED_MUTEX", "AckLine", "Unacked"]
+
+log = logging.getLogger(__name__)
+
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+UNACKED_MUTEX = "unacked_mutex"
+RECEIPT_PREFIX = "taskframe.receipt."
+
+
+class Unacked:
+    """The ledger for one broker: ``client`` and ``target`` are the broker's."""
+
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        target: RedisTarget,
+        *,
+        visibility_timeout: float,
+        restore_batch: int,
+        mutex_expire: float,
+    ) -> None:
+        self.client = client
+        self.target = target
+        self.visibility_timeout = visibility_timeout
+        self.restore_batch = restore_batch
+        self.mutex_expire = mutex_expire
+        self._line = AckLine(client)
+        self._restore_script = client.register_script(scripts.RESTORE)
+        self._unsent: list[str] = []
+        self._receipt_key = ""
+        self._receipt_pid = 0
+
+    # acks
+
+    def remove(self, tags: list[str], *, wait: bool = True) -> None:
+        """Ack ``tags`` (with any kept from before): in one MULTI, or, without ``wait``, on
+        the ack line. Acks that cannot reach Redis are kept and sent first by the next call
+        that can, and do not raise: the worker goes on running what it acked, and a restart
+        does not turn an early-acked task into a redelivery an hour later. (A process that
+        exits before Redis is back leaves them unacked: redelivered, never lost.)"""
+        waiting = len(self._unsent)
+        tags = [*self._unsent, *tags]
+        self._unsent = []
+        if not tags:
+            return
+        try:
+            with translate_errors(self.target):
+                if wait:
+                    pipe = self.client.pipeline(transaction=True)
+                    pipe.zrem(UNACKED_INDEX, *tags)
+                    pipe.hdel(UNACKED, *tags)
+                    pipe.execute()
+                else:
+                    self._line.send(tags)
+        except BrokerConnectionError as exc:
+            self._unsent = tags
+            if not waiting:
+                log.warning("acks wait until Redis is back: %s", exc)
+
+    def flush(self) -> None:
+        """Read the ack line's replies and send every ack kept; BrokerConnectionError while
+        some are still kept."""
+        with translate_errors(self.target):
+            self._unsent += self._line.settle()
+        if self._unsent:
+            self.remove([])
+            if self._unsent:
+                raise BrokerConnectionError(f"cannot reach Redis at {self.target.address}")
+
+    def extend(self, tag: str, seconds: float) -> None:
+        """Move the index score so that every sweep (ours and kombu's) sees the entry as
+        delivered ``seconds`` from now minus the visibility timeout; never earlier."""
+        score = time.time() + seconds - self.visibility_timeout
+        with translate_errors(self.target):
+            self.client.zadd(UNACKED_INDEX, {tag: score}, xx=True, gt=True)
+
+    # giving back
+
+    def receipt_key(self) -> str:
+        """This consumer's receipt key (a forked child gets a key of its own)."""
+        if self._receipt_pid != os.getpid():
+            self._receipt_pid = os.getpid()
+            self._receipt_key = f"{RECEIPT_PREFIX}{uuid.uuid4()}"
+        return self._receipt_key
+
+    def restore_receipt(self, call: str) -> bool:
+        """Put back the messages receive call ``call`` took, if it ran; True if it did."""
+        with translate_errors(self.target):
+            raw = self.client.get(self.receipt_key())
+            receipt = json.loads(raw) if raw else None
+            if not receipt or receipt[0] != call:
+                return False
+            tags = [str(tag) for tag in receipt[1]]
+            values = self.client.hmget(UNACKED, tags)
+            restored = sum(
+                self._restore_one(tag.encode(), value)
+                for tag, value in reversed(list(zip(tags, values, strict=True)))
+            )
+        log.warning("gave back %d message(s) taken by a receive whose reply was lost", restored)
+        return True
+
+    def restore_visible(self) -> int:
+        """Put entries older than the visibility timeout back on their queues.
+
+        Takes kombu's ``unacked_mutex`` the way kombu does, so a Celery worker's sweep and
+        this one never run at once; each message moves in one compare-and-swap script."""
+        restored = 0
+        with translate_errors(self.target):
+            lock = self.client.lock(UNACKED_MUTEX, timeout=self.mutex_expire)
+            if not lock.acquire(blocking=False):
+                return 0
+            try:
+                ceiling = time.time() - self.visibility_timeout
+                tags = self.client.zrangebyscore(
+                    UNACKED_INDEX, "-inf", ceiling, start=0, num=self.restore_batch
+                )
+                values = self.client.hmget(UNACKED, tags) if tags else []
+                for tag, value in zip(tags, values, strict=True):
+                    restored += self._restore_one(tag, value)
+            finally:
+                with suppress(LockError):
+                    lock.release()
+        return restored
+
+    def _restore_one(self, tag: bytes, value: bytes | None) -> int:
+        if value is None:
+            self.client.zrem(UNACKED_INDEX, tag)
+            return 0
+        try:
+            envelope, exchange, routing_key = json.loads(value)
+            restored = kombu.mark_redelivered(envelope)
+            number = kombu.clamp_priority(restored["properties"].get("priority"))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.error("dropping unreadable unacked entry %r: %r", tag, value[:200])
+            self.client.pipeline().zrem(UNACKED_INDEX, tag).hdel(UNACKED, tag).execute()
+            return 0
+        keys = [kombu.list_key(q, number) for q in self._lookup(str(exchange), str(routing_key))]
+        result = self._restore_script(
+            keys=[UNACKED, UNACKED_INDEX, *keys], args=[tag, value, json.dumps(restored)]
+        )
+        return int(result)
+
+    def _lookup(self, exchange: str, routing_key: str) -> list[str]:
+        """The queues a message sent to ``exchange`` with ``routing_key`` reaches (direct
+        routing through kombu's binding set; the routing key itself for exchange "")."""
+        if not exchange:
+            return [routing_key]
+        members = self.client.smembers(f"_kombu.binding.{exchange}")
+        queues = []
+        for member in members:
+            key, _pattern, queue = member.decode("utf-8").split(kombu.SEP, 2)
+            if key == routing_key:
+                queues.append(queue)
+        return queues or [routing_key]
+
+    def close(self) -> None:
+        """Read what the ack line owes and send what was kept, if Redis answers."""
+        with suppress(redis.RedisError, BrokerConnectionError):
+            self.flush()
+        self._line.close()
+
+
+class AckLine:
+    """Acks written without waiting for their replies, read back by a later call.
+
+    An early ack must reach Redis before its job is handed to a child, but nothing needs its
+    reply: waiting for it put a round trip on every hand-off (measured: 80 µs of a 0.66 ms
+    round trip, and 15% of a chord's time). The commands go out in order on a connection of
+    their own (so no other command reads their replies); :meth:`settle` reads the replies and
+    returns the tags of any batch whose fate is unknown because the connection broke, for the
+    caller to send again: removing an unacked entry twice is harmless."""
+
+    def __init__(self, client: redis.Redis[bytes]) -> None:
+        self._line = DedicatedClient(client)
+        self._pending: list[tuple[int, list[str]]] = []
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def send(self, tags: list[str]) -> None:
+        """Write ZREM and HDEL of ``tags`` (``redis.ConnectionError`` if the write fails)."""
+        commands = [("ZREM", UNACKED_INDEX, *tags), ("HDEL", UNACKED, *tags)]
+        with self._lock:
+            self._forget_after_fork()
+            connection = self._connection()
+            try:
+                connection.send_packed_command(connection.pack_commands(commands), False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                connection.disconnect()
+                raise
+            self._pending.append((len(commands), tags))
+
+    def settle(self) -> list[str]:
+        """Read every reply due; returns the tags whose acks may not have arrived."""
+        with self._lock:
+            self._forget_after_fork()
+            lost: list[str] = []
+            if not self._pending:
+                return lost
+            connection = self._connection()
+            while self._pending:
+                replies, tags = self._pending[0]
+                try:
+                    for _ in range(replies):
+                        connection.read_response()
+                except (redis.ConnectionError, redis.TimeoutError):
+                    connection.disconnect()
+                    lost = [tag for _, batch in self._pending for tag in batch]
+                    self._pending.clear()
+                    return lost
+                finally:
+                    if self._pending and self._pending[0][1] is tags:
+                        self._pending.pop(0)
+            return lost
+
+    def close(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._line.close()
+
+    def _connection(self) -> Any:
+        held: Any = self._line.get()
+        return held.connection
+
+    def _forget_after_fork(self) -> None:
+        """A forked child's line is a new connection: the parent's replies are not on it."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._pending.clear()
