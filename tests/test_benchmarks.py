@@ -44,6 +44,24 @@ FLOORS = {
 }
 
 
+def run_benchmark(results: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks`` once, in its own Redis db (11), writing to ``results``."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            *options,
+            *("--repeats", "1", "--redis-db", "11", "--results-dir", str(results)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.rabbitmq
@@ -53,30 +71,7 @@ def test_tiny_benchmark_measures_every_row_and_writes_its_files(tmp_path: Path) 
     require_server("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
 
     # When the benchmark runs in its smallest useful configuration (its own Redis db, 11)
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--tasks",
-            "200",
-            "--round-trips",
-            "10",
-            "--chord",
-            "10",
-            "--repeats",
-            "1",
-            "--redis-db",
-            "11",
-            "--results-dir",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    completed = run_benchmark(tmp_path, "--tasks", "200", "--round-trips", "10", "--chord", "10")
 
     # Then it succeeds, prints the table and writes the JSON, the Markdown and latest.md
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -113,34 +108,10 @@ def test_tiny_benchmark_runs_taskframe_on_sqs(tmp_path: Path) -> None:
     """The SQS rows start a moto server of their own; Celery is left out here because its
     drain on moto can hold the last message past any tiny timeout."""
     require_server("Redis", REDIS_HOST, REDIS_PORT)
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--brokers",
-            "sqs",
-            "--frameworks",
-            "taskframe",
-            "--tasks",
-            "200",
-            "--round-trips",
-            "20",
-            "--chord",
-            "20",
-            "--repeats",
-            "1",
-            "--no-floors",
-            "--redis-db",
-            "11",
-            "--results-dir",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    completed = run_benchmark(
+        tmp_path,
+        *("--brokers", "sqs", "--frameworks", "taskframe", "--no-floors"),
+        *("--tasks", "200", "--round-trips", "20", "--chord", "20"),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     [result] = tmp_path.glob("*.json")

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pika
 import pytest
-from interop_apps.processes import WorkerProcess
+from interop_apps.processes import run_example
 
 from taskframe.brokers.rabbitmq import RabbitMQBroker
 
@@ -50,31 +47,12 @@ def declared_with_max_priority(url: str) -> bool:
 def test_rabbitmq_example_prints_every_result(
     example_amqp_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    env = {"AMQP_URL": example_amqp_url, "REDIS_URL": redis_url, "PYTHONDONTWRITEBYTECODE": "1"}
-    # Given a worker started in the example's folder, as the docstring says
-    worker = WorkerProcess(
-        ["-m", "taskframe", "-A", "tasks", "worker", "-c", "2", "-l", "INFO"],
-        tmp_path / "worker.log",
-        redis_url,
-        cwd=EXAMPLE,
-        env=env,
-    )
-    try:
-        worker.wait_ready()
-        # When the client runs
-        completed = subprocess.run(
-            [sys.executable, "client.py"],
-            cwd=EXAMPLE,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        exit_code = worker.stop()
+    # Given a worker started in the example's folder, when the client runs
+    env = {"AMQP_URL": example_amqp_url, "REDIS_URL": redis_url}
+    run = run_example(EXAMPLE, env, redis_url, tmp_path / "worker.log")
     # Then it printed each result, on a priority queue, and the worker stopped cleanly
-    assert completed.returncode == 0, completed.stderr + worker.output()
-    assert completed.stdout.splitlines() == [
+    assert run.client_failure is None, run.client_failure + run.worker_output
+    assert run.lines == [
         "add(2, 3) -> 5",
         "add(20, 1) after 1s -> 21",
         "urgent add(1, 1) -> 2",
@@ -83,5 +61,5 @@ def test_rabbitmq_example_prints_every_result(
         "report -> report of 120 rows",
     ]
     assert declared_with_max_priority(example_amqp_url)
-    assert exit_code == 0, worker.output()
-    assert "Traceback" not in worker.output()
+    assert run.worker_exit_code == 0, run.worker_output
+    assert "Traceback" not in run.worker_output

@@ -1,5 +1,6 @@
 """Worker subprocesses for the Redis tests: start with the apps importable, wait until the
-worker says it is ready, stop warm (SIGTERM) and always reap."""
+worker says it is ready, stop warm (SIGTERM) and always reap; run an example's worker and
+client as its docstring says."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
@@ -81,3 +83,42 @@ def celery_worker(log: Path, redis_url: str, *options: str) -> WorkerProcess:
     argv = ["-m", "celery", "-A", "interop_apps.celery_app", "worker", "-l", "INFO"]
     argv += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
     return WorkerProcess([*argv, *options], log, redis_url)
+
+
+@dataclass
+class ExampleRun:
+    """What an example's ``client.py`` printed, and how its worker fared."""
+
+    lines: list[str]
+    client_failure: str | None
+    worker_output: str
+    worker_exit_code: int
+
+
+def run_example(
+    folder: Path, env: dict[str, str], redis_url: str, log: Path, *, patience: float = 1.0
+) -> ExampleRun:
+    """Start a worker in ``folder`` as the example's docstring says, run ``client.py`` while
+    it runs, stop the worker warm. ``patience`` stretches the timeouts (slow servers)."""
+    env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+    worker = WorkerProcess(
+        ["-m", "taskframe", "-A", "tasks", "worker", "-c", "2", "-l", "INFO"],
+        log,
+        redis_url,
+        cwd=folder,
+        env=env,
+    )
+    try:
+        worker.wait_ready(timeout=30 * patience)
+        completed = subprocess.run(
+            [sys.executable, "client.py"],
+            cwd=folder,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120 * patience,
+        )
+    finally:
+        exit_code = worker.stop(timeout=20 * patience)
+    failure = None if completed.returncode == 0 else completed.stderr
+    return ExampleRun(completed.stdout.splitlines(), failure, worker.output(), exit_code)
