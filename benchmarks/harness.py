@@ -93,7 +93,11 @@ def run(config: BenchConfig) -> RunResult:
     try:
         if "sqs" in brokers:
             os.environ.update(CREDENTIALS)
-            config = replace(config, sqs_endpoint=moto.start())
+            try:
+                config = replace(config, sqs_endpoint=moto.start())
+            except RuntimeError as exc:
+                result.skipped["sqs"] = str(exc)
+                brokers.remove("sqs")
         clear_redis(config.redis_url())
         for repeat in range(config.repeats):
             for broker in brokers:

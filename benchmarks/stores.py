@@ -9,6 +9,7 @@ delete, every queue whose name starts with the run's prefix.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import boto3
 import pika
@@ -70,7 +71,7 @@ def amqp_available(url: str) -> str | None:
     return None
 
 
-def _sqs_queues(endpoint: str, prefix: str) -> tuple[object, list[str]]:
+def _sqs_queues(endpoint: str, prefix: str) -> tuple[Any, list[str]]:
     client = boto3.client(
         "sqs",
         endpoint_url=f"http://{endpoint}",
@@ -85,10 +86,10 @@ def _sqs_queues(endpoint: str, prefix: str) -> tuple[object, list[str]]:
 def purge_sqs_queues(endpoint: str, prefix: str) -> None:
     client, urls = _sqs_queues(endpoint, prefix)
     for url in urls:
-        client.purge_queue(QueueUrl=url)  # type: ignore[attr-defined]
+        client.purge_queue(QueueUrl=url)
 
 
 def delete_sqs_queues(endpoint: str, prefix: str) -> None:
     client, urls = _sqs_queues(endpoint, prefix)
     for url in urls:
-        client.delete_queue(QueueUrl=url)  # type: ignore[attr-defined]
+        client.delete_queue(QueueUrl=url)
