@@ -439,3 +439,44 @@ def test_acks_sent_without_waiting_are_applied_and_resent_if_their_fate_is_unkno
     monkeypatch.setattr(connection, "read_response", broken)
     assert broker.receive(["ack-line"], 1, 0.0) == []
     assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
+
+
+def test_a_message_a_blocking_wait_takes_is_entered_like_kombu_and_again_if_the_line_breaks(
+    broker: RedisBroker, raw: redis.Redis[bytes], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = RedisBroker(redis_url)
+
+    def taken_by_a_blocking_wait(task_id: str) -> Delivery:
+        timer = threading.Timer(0.2, producer.publish, ("waited", task_message(task_id)))
+        timer.start()
+        [delivery] = broker.receive(["waited"], 5, 5.0)
+        timer.join()
+        return delivery
+
+    # Given a message a consumer waiting on an empty queue took
+    first = taken_by_a_blocking_wait("w1")
+    # Then its entry went out without waiting, and is in before anything else reads unacked
+    broker._unacked.flush()
+    entry = json.loads(raw.hget("unacked", first.tag or "") or b"")
+    assert entry[0]["headers"]["id"] == "w1" and entry[1:] == ["", "waited"]
+    first.ack()
+    assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
+    # And when the line breaks before the entry's reply is read, the entry is written again
+    # (here it is made to look lost: deleted once it landed)
+    second = taken_by_a_blocking_wait("w2")
+    deadline = time.monotonic() + 5
+    while not raw.hexists("unacked", second.tag or "") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    raw.hdel("unacked", second.tag or "")
+    connection = broker._unacked._line._connection()
+
+    def broken() -> None:
+        raise redis.ConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(connection, "read_response", broken)
+    assert broker.receive(["waited"], 1, 0.0) == []
+    assert raw.hexists("unacked", second.tag or "")
+    # And its ack still removes it
+    second.ack()
+    assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
+    producer.close()

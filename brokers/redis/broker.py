@@ -237,7 +237,7 @@ class RedisBroker(Broker):
         names = [q for _step in kombu.PRIORITY_STEPS for q in order]
         with translate_errors(self.target):
             while True:
-                next_due, deliveries = self._pop(keys, names, max_messages, None)
+                next_due, deliveries = self._pop(keys, names, max_messages)
                 if deliveries:
                     return deliveries
                 remaining = deadline - time.monotonic()
@@ -248,13 +248,7 @@ class RedisBroker(Broker):
                 popped = self.client.brpop(keys, timeout=remaining)
                 if popped is not None:
                     key = popped[0].decode("utf-8")
-                    try:
-                        return self._pop(
-                            keys, names, max_messages, (keys.index(key) + 1, popped[1])
-                        )[1]
-                    except BrokerConnectionError:
-                        self._orphan = (key, popped[1])
-                        raise
+                    return [self._take(names[keys.index(key)], key, popped[1])]
 
     def _rotate(self, queues: Sequence[str]) -> list[str]:
         """Queues in round-robin order, so one busy queue cannot starve the others."""
@@ -263,15 +257,9 @@ class RedisBroker(Broker):
         return [*queues[start:], *queues[:start]]
 
     def _pop(
-        self,
-        keys: list[str],
-        names: list[str],
-        wanted: int,
-        preloaded: tuple[int, bytes] | None,
+        self, keys: list[str], names: list[str], wanted: int
     ) -> tuple[float | None, list[Delivery]]:
-        """Run the receive script. A message BRPOP popped is recorded by this same call; a
-        process that dies between the two loses it, the same window kombu has."""
-        number, item = preloaded if preloaded is not None else (0, b"")
+        """Run the receive script (see ``scripts.RECEIVE``)."""
         call = str(uuid.uuid4())
         self._unanswered = call
         reply = self._receive_script(
@@ -287,8 +275,6 @@ class RedisBroker(Broker):
                 time.time(),
                 wanted,
                 PROMOTE_LIMIT,
-                number,
-                item,
                 call,
                 max(1, int(self.visibility_timeout)),
                 *names,
@@ -301,6 +287,25 @@ class RedisBroker(Broker):
             tag, number, raw = reply[index].decode("utf-8"), int(reply[index + 1]), reply[index + 2]
             deliveries.append(self._delivery(names[number - 1], tag or None, raw))
         return next_due, deliveries
+
+    def _take(self, queue: str, key: str, raw: bytes) -> RedisDelivery:
+        """A message BRPOP popped from list ``key``, entered in ``unacked`` without waiting
+        (see :meth:`Unacked.record`). A process that dies before the entry is written loses
+        it, the same window kombu has; a write that fails puts it back where it was."""
+        delivery = self._delivery(queue, None, raw)
+        entry = (
+            None
+            if delivery.envelope is None
+            else kombu.unacked_entry(delivery.envelope, queue, raw)
+        )
+        if entry is not None:
+            try:
+                self._unacked.record(*entry)
+            except BrokerConnectionError:
+                self._orphan = (key, raw)
+                raise
+            delivery.tag = entry[0]
+        return delivery
 
     def _delivery(self, queue: str, tag: str | None, raw: bytes) -> RedisDelivery:
         """A delivery; an entry that is not a kombu envelope comes back with its raw bytes as
@@ -365,10 +370,14 @@ class RedisBroker(Broker):
                 delivery.queue, kombu.clamp_priority(restored["properties"].get("priority"))
             )
             value = json.dumps(restored).encode("utf-8")
+        self._move(delivery.tag or "", key, value, "left")
+
+    def _move(self, tag: str, key: str, value: str | bytes, side: str) -> None:
+        """Settle ``tag`` and push ``value`` onto list ``key`` in one script, once the ack
+        line has landed what it carries (the entry may still be on its way there)."""
+        self._unacked.flush()
         with translate_errors(self.target):
-            self._move_script(
-                keys=[UNACKED, UNACKED_INDEX, key], args=[delivery.tag or "", value, "left"]
-            )
+            self._move_script(keys=[UNACKED, UNACKED_INDEX, key], args=[tag, value, side])
 
     def _extend(self, delivery: RedisDelivery, seconds: float) -> None:
         if delivery.tag is not None:
@@ -395,11 +404,7 @@ class RedisBroker(Broker):
             "failed_at": time.time(),
             "envelope": envelope,
         }
-        with translate_errors(self.target):
-            self._move_script(
-                keys=[UNACKED, UNACKED_INDEX, dead_letter_key(delivery.queue)],
-                args=[tag, json.dumps(record), "right"],
-            )
+        self._move(tag, dead_letter_key(delivery.queue), json.dumps(record), "right")
 
     def _dead_letter_records(self, queue: str, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
         with translate_errors(self.target):

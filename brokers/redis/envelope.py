@@ -28,6 +28,7 @@ __all__ = [
     "list_key",
     "list_keys",
     "mark_redelivered",
+    "unacked_entry",
 ]
 
 SEP = "\x06\x16"
@@ -71,6 +72,24 @@ def decode(raw: bytes) -> tuple[Message, dict[str, Any]]:
     """The message inside a kombu envelope; ValueError when ``raw`` is not one."""
     envelope = json.loads(raw)
     return open_envelope(envelope), envelope
+
+
+def unacked_entry(envelope: dict[str, Any], queue: str, raw: bytes) -> tuple[str, bytes] | None:
+    """The tag and ``unacked`` value (``[envelope, exchange, routing_key]``) kombu records for
+    ``raw`` taken from ``queue``, as the receive script writes them; None without a tag."""
+    properties = envelope["properties"]
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        return None
+    exchange, routing_key = "", queue
+    info = properties.get("delivery_info")
+    if isinstance(info, dict):
+        if isinstance(info.get("exchange"), str):
+            exchange = info["exchange"]
+        if isinstance(info.get("routing_key"), str):
+            routing_key = info["routing_key"]
+    where = json.dumps([exchange, routing_key])[1:-1].encode("utf-8")
+    return tag, b"[" + raw + b", " + where + b"]"
 
 
 def mark_redelivered(envelope: dict[str, Any]) -> dict[str, Any]:

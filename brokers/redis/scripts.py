@@ -52,8 +52,7 @@ RECEIVE = (
     + """
 -- KEYS: unacked, unacked_index, delayed, delayed counts, receipt, then the lists in serving
 --       order.
--- ARGV: now, wanted, promote limit, preloaded list number (0: none), preloaded item, call id,
---       receipt lifetime (s), then each list's queue name.
+-- ARGV: now, wanted, promote limit, call id, receipt lifetime (s), then each list's queue name.
 local unacked, index = KEYS[1], KEYS[2]
 local now, wanted = tonumber(ARGV[1]), tonumber(ARGV[2])
 promote(KEYS[3], KEYS[4], now, tonumber(ARGV[3]))
@@ -61,7 +60,7 @@ local out = {}
 local tags = {}
 
 local function record(number, item)
-    local queue = ARGV[7 + number]
+    local queue = ARGV[5 + number]
     local tag = ''
     local ok, env = pcall(cjson.decode, item)
     if ok and type(env) == 'table' and type(env.properties) == 'table'
@@ -84,11 +83,6 @@ local function record(number, item)
 end
 
 local taken = 0
-local preloaded = tonumber(ARGV[4])
-if preloaded > 0 then
-    record(preloaded, ARGV[5])
-    taken = 1
-end
 for number = 1, #KEYS - 5 do
     if taken >= wanted then break end
     local items = redis.call('RPOP', KEYS[5 + number], wanted - taken)
@@ -100,7 +94,7 @@ for number = 1, #KEYS - 5 do
     end
 end
 if #tags > 0 then
-    redis.call('SET', KEYS[5], cjson.encode({ARGV[6], tags}), 'EX', tonumber(ARGV[7]))
+    redis.call('SET', KEYS[5], cjson.encode({ARGV[4], tags}), 'EX', tonumber(ARGV[5]))
 end
 local nxt = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 table.insert(out, 1, nxt[2] or '')
@@ -115,7 +109,8 @@ that is not a kombu envelope (left unrecorded for the caller to dead-letter).
 The call also leaves a receipt (its id and the tags it took) under the consumer's receipt
 key: when the reply is lost (the server or the connection died just after the call ran), the
 consumer reads it back and puts those messages back on their queues at once, instead of
-leaving them to the visibility timeout."""
+leaving them to the visibility timeout. (A message a BRPOP took is recorded by the consumer
+itself, on its ack line: see :meth:`~taskframe.brokers.redis.unacked.Unacked.record`.)"""
 
 ACK_ONE_INTO = """
 -- KEYS: unacked, unacked_index, target list. ARGV: tag ('' for none), value, push side.

@@ -34,6 +34,9 @@ UNACKED_INDEX = "unacked_index"
 UNACKED_MUTEX = "unacked_mutex"
 RECEIPT_PREFIX = "taskframe.receipt."
 
+Entry = tuple[str, bytes, float]
+"""An ``unacked`` entry: tag, ``[envelope, exchange, routing_key]`` value, delivery time."""
+
 
 class Unacked:
     """The ledger for one broker: ``client`` and ``target`` are the broker's."""
@@ -55,50 +58,74 @@ class Unacked:
         self._line = AckLine(client)
         self._restore_script = client.register_script(scripts.RESTORE)
         self._unsent: list[str] = []
+        self._unrecorded: list[Entry] = []
         self._receipt_key = ""
         self._receipt_pid = 0
 
-    # acks
+    # entries and acks
+
+    def record(self, tag: str, value: bytes) -> None:
+        """Enter a message a BRPOP took, on the ack line without waiting for the reply: its
+        ack follows on the same line, so it cannot overtake the entry, and the message goes
+        to work a round trip sooner (measured: 0.87 -> 0.76 ms of a round trip)."""
+        with translate_errors(self.target):
+            self._line.record([(tag, value, time.time())])
 
     def remove(self, tags: list[str], *, wait: bool = True) -> None:
         """Ack ``tags`` (with any kept from before): in one MULTI, or, without ``wait``, on
         the ack line. Acks that cannot reach Redis are kept and sent first by the next call
         that can, and do not raise: the worker goes on running what it acked, and a restart
         does not turn an early-acked task into a redelivery an hour later. (A process that
-        exits before Redis is back leaves them unacked: redelivered, never lost.)"""
-        waiting = len(self._unsent)
+        exits before Redis is back leaves them unacked: redelivered, never lost.)
+
+        Entries whose recording the line lost go again first, in the same MULTI, so an ack
+        never lands before its entry."""
+        if wait:
+            self._collect()
+        waiting = len(self._unsent) + len(self._unrecorded)
         tags = [*self._unsent, *tags]
-        self._unsent = []
-        if not tags:
+        entries, self._unsent, self._unrecorded = self._unrecorded, [], []
+        if not tags and not entries:
             return
         try:
             with translate_errors(self.target):
-                if wait:
+                if wait or entries:
                     pipe = self.client.pipeline(transaction=True)
-                    pipe.zrem(UNACKED_INDEX, *tags)
-                    pipe.hdel(UNACKED, *tags)
+                    for tag, value, score in entries:
+                        pipe.hset(UNACKED, tag, value)
+                        pipe.zadd(UNACKED_INDEX, {tag: score})
+                    if tags:
+                        pipe.zrem(UNACKED_INDEX, *tags)
+                        pipe.hdel(UNACKED, *tags)
                     pipe.execute()
                 else:
                     self._line.send(tags)
         except BrokerConnectionError as exc:
-            self._unsent = tags
+            self._unsent, self._unrecorded = tags, entries
             if not waiting:
                 log.warning("acks wait until Redis is back: %s", exc)
 
     def flush(self) -> None:
-        """Read the ack line's replies and send every ack kept; BrokerConnectionError while
-        some are still kept."""
-        with translate_errors(self.target):
-            self._unsent += self._line.settle()
-        if self._unsent:
+        """Read the ack line's replies and send everything kept; BrokerConnectionError while
+        some are still kept. Call it before touching an entry on another connection."""
+        self._collect()
+        if self._unsent or self._unrecorded:
             self.remove([])
-            if self._unsent:
+            if self._unsent or self._unrecorded:
                 raise BrokerConnectionError(f"cannot reach Redis at {self.target.address}")
+
+    def _collect(self) -> None:
+        """Read the ack line's replies; keep what it lost, to send again."""
+        with translate_errors(self.target):
+            entries, tags = self._line.settle()
+        self._unrecorded += entries
+        self._unsent += tags
 
     def extend(self, tag: str, seconds: float) -> None:
         """Move the index score so that every sweep (ours and kombu's) sees the entry as
         delivered ``seconds`` from now minus the visibility timeout; never earlier."""
         score = time.time() + seconds - self.visibility_timeout
+        self.flush()
         with translate_errors(self.target):
             self.client.zadd(UNACKED_INDEX, {tag: score}, xx=True, gt=True)
 
@@ -189,24 +216,38 @@ class Unacked:
 
 
 class AckLine:
-    """Acks written without waiting for their replies, read back by a later call.
+    """Acks (and entries a BRPOP took) written without waiting for their replies, read back
+    by a later call.
 
     An early ack must reach Redis before its job is handed to a child, but nothing needs its
     reply: waiting for it put a round trip on every hand-off (measured: 80 µs of a 0.66 ms
     round trip, and 15% of a chord's time). The commands go out in order on a connection of
     their own (so no other command reads their replies); :meth:`settle` reads the replies and
-    returns the tags of any batch whose fate is unknown because the connection broke, for the
-    caller to send again: removing an unacked entry twice is harmless."""
+    returns what went out in any batch whose fate is unknown because the connection broke, for
+    the caller to send again: writing an entry or removing it twice is harmless, and sent
+    again in order, an entry still comes before its ack."""
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self._line = DedicatedClient(client)
-        self._pending: list[tuple[int, list[str]]] = []
+        self._pending: list[tuple[int, list[Entry], list[str]]] = []
+        """Per write: its reply count, the entries and the acks it carried."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def send(self, tags: list[str]) -> None:
         """Write ZREM and HDEL of ``tags`` (``redis.ConnectionError`` if the write fails)."""
-        commands = [("ZREM", UNACKED_INDEX, *tags), ("HDEL", UNACKED, *tags)]
+        self._write([("ZREM", UNACKED_INDEX, *tags), ("HDEL", UNACKED, *tags)], [], tags)
+
+    def record(self, entries: list[Entry]) -> None:
+        """Write HSET and ZADD of ``(tag, value, time)`` entries."""
+        commands: list[tuple[Any, ...]] = []
+        for tag, value, score in entries:
+            commands += [("HSET", UNACKED, tag, value), ("ZADD", UNACKED_INDEX, score, tag)]
+        self._write(commands, entries, [])
+
+    def _write(
+        self, commands: list[tuple[Any, ...]], entries: list[Entry], tags: list[str]
+    ) -> None:
         with self._lock:
             self._forget_after_fork()
             connection = self._connection()
@@ -215,30 +256,35 @@ class AckLine:
             except (redis.ConnectionError, redis.TimeoutError):
                 connection.disconnect()
                 raise
-            self._pending.append((len(commands), tags))
+            self._pending.append((len(commands), entries, tags))
 
-    def settle(self) -> list[str]:
-        """Read every reply due; returns the tags whose acks may not have arrived."""
+    def settle(self) -> tuple[list[Entry], list[str]]:
+        """Read every reply due; returns the entries and acks that may not have arrived."""
         with self._lock:
             self._forget_after_fork()
-            lost: list[str] = []
             if not self._pending:
-                return lost
+                return [], []
             connection = self._connection()
             while self._pending:
-                replies, tags = self._pending[0]
+                error: redis.ResponseError | None = None
                 try:
-                    for _ in range(replies):
-                        connection.read_response()
+                    for _ in range(self._pending[0][0]):
+                        try:
+                            connection.read_response()
+                        except redis.ResponseError as exc:  # read the batch's other replies
+                            error = error or exc
                 except (redis.ConnectionError, redis.TimeoutError):
                     connection.disconnect()
-                    lost = [tag for _, batch in self._pending for tag in batch]
-                    self._pending.clear()
-                    return lost
-                finally:
-                    if self._pending and self._pending[0][1] is tags:
-                        self._pending.pop(0)
-            return lost
+                    lost = self._pending
+                    self._pending = []
+                    return (
+                        [entry for _, entries, _ in lost for entry in entries],
+                        [tag for _, _, tags in lost for tag in tags],
+                    )
+                self._pending.pop(0)
+                if error is not None:
+                    raise error
+            return [], []
 
     def close(self) -> None:
         with self._lock:
