@@ -26,6 +26,8 @@ from taskframe.protocol import new_id
 __all__ = ["KOMBU_PROPERTIES", "build_envelope", "open_envelope"]
 
 KOMBU_PROPERTIES = frozenset({"delivery_info", "body_encoding", "delivery_tag"})
+_REPLACED = KOMBU_PROPERTIES | {"priority"}
+"""Message properties the envelope writes itself."""
 
 
 def build_envelope(
@@ -35,17 +37,13 @@ def build_envelope(
     extra_properties: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The envelope kombu would write for ``message`` published to ``queue``."""
-    extra = dict(extra_properties or {})
-    properties = {
-        key: value
-        for key, value in message.properties.items()
-        if key not in KOMBU_PROPERTIES and key != "priority" and key not in extra
-    }
+    properties = {key: value for key, value in message.properties.items() if key not in _REPLACED}
     properties["delivery_info"] = {"exchange": "", "routing_key": queue}
     properties["priority"] = priority
     properties["body_encoding"] = "base64"
     properties["delivery_tag"] = new_id()
-    properties.update(extra)
+    if extra_properties:
+        properties.update(extra_properties)
     return {
         "body": base64.b64encode(message.body).decode("ascii"),
         "content-encoding": message.content_encoding,

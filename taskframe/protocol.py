@@ -127,17 +127,18 @@ def signature_dict(
     }
 
 
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+"""The RFC 4122 variant digit for a random hex digit (its two high bits set to 10)."""
+
+
 def new_id() -> str:
     """A random version 4 UUID in its 36-character form, as ``str(uuid.uuid4())`` gives.
 
     Task ids and kombu delivery tags are made per message; building the string straight
-    from 16 random bytes takes half the time of going through a ``UUID`` object (measured:
-    1.3 against 2.7 µs, about a tenth of taskframe's own work in a ``delay()``)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    from 16 random bytes takes a third of the time of going through a ``UUID`` object
+    (measured: 0.7 against 2.7 µs; a send makes two)."""
+    text = os.urandom(16).hex()
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
 
 
 @lru_cache(maxsize=1)

@@ -163,7 +163,7 @@ class RedisBroker(Broker):
             return
         number, envelope = kombu.encode(queue, message, priority)
         with translate_errors(self.target):
-            self._producer.execute("LPUSH", kombu.list_key(queue, number), json.dumps(envelope))
+            self._producer.execute("LPUSH", kombu.list_key(queue, number), kombu.to_json(envelope))
 
     def publish_many(self, items: Iterable[tuple[str, Message, float, int | None]]) -> None:
         """All items in one pipelined round trip (plus a due-message promotion now and then).
@@ -177,7 +177,7 @@ class RedisBroker(Broker):
             for queue, message, delay, priority in items:
                 self._declare(pipe, queue)
                 number, envelope = kombu.encode(queue, message, priority)
-                data = json.dumps(envelope)
+                data = kombu.to_json(envelope)
                 key = kombu.list_key(queue, number)
                 if delay > 0 and self.durable_delays:
                     member = json.dumps([queue, key, data])
@@ -438,7 +438,7 @@ class RedisBroker(Broker):
                 continue
             message = kombu.decode(json.dumps(record["envelope"]).encode("utf-8"))[0]
             number, envelope = kombu.encode(queue, message, None)
-            args += [raw, kombu.list_key(queue, number), json.dumps(envelope)]
+            args += [raw, kombu.list_key(queue, number), kombu.to_json(envelope)]
         if not args:
             return 0
         with translate_errors(self.target):
