@@ -5,6 +5,7 @@ See the package docstring for URLs, options and keys.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from taskframe.brokers.redis.connection import (
 )
 from taskframe.brokers.redis.unacked import UNACKED, UNACKED_INDEX, Unacked
 from taskframe.exceptions import BrokerConnectionError
+from taskframe.protocol import new_id
 
 __all__ = ["RedisBroker", "RedisDelivery"]
 
@@ -137,7 +139,7 @@ class RedisBroker(Broker):
             restore_batch=int(options.get("restore_batch", 100)),
             mutex_expire=float(options.get("unacked_mutex_expire", 300)),
         )
-        self._receive_script = self.client.register_script(scripts.RECEIVE)
+        self._receive_sha = hashlib.sha1(scripts.RECEIVE.encode("utf-8")).hexdigest()
         self._promote_script = self.client.register_script(scripts.PROMOTE)
         self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
         self._replay_script = self.client.register_script(scripts.REPLAY)
@@ -259,27 +261,24 @@ class RedisBroker(Broker):
     def _pop(
         self, keys: list[str], names: list[str], wanted: int
     ) -> tuple[float | None, list[Delivery]]:
-        """Run the receive script (see ``scripts.RECEIVE``)."""
-        call = str(uuid.uuid4())
+        """Run the receive script (see ``scripts.RECEIVE``) on the held connection, never
+        twice: a retry after a lost reply would run it again under the same call id and bury
+        what the first run took; the reconnect gives that back by its receipt instead."""
+        call = new_id()
         self._unanswered = call
-        reply = self._receive_script(
-            keys=[
-                UNACKED,
-                UNACKED_INDEX,
-                DELAYED,
-                DELAYED_COUNTS,
-                self._unacked.receipt_key(),
-                *keys,
-            ],
-            args=[
-                time.time(),
-                wanted,
-                PROMOTE_LIMIT,
-                call,
-                max(1, int(self.visibility_timeout)),
-                *names,
-            ],
-        )
+        ledger = [UNACKED, UNACKED_INDEX, DELAYED, DELAYED_COUNTS, self._unacked.receipt_key()]
+        args: list[str | float] = [
+            time.time(),
+            wanted,
+            PROMOTE_LIMIT,
+            call,
+            max(1, int(self.visibility_timeout)),
+        ]
+        command: tuple[str | float, ...] = (len(ledger) + len(keys), *ledger, *keys, *args, *names)
+        try:
+            reply = self._producer.execute("EVALSHA", self._receive_sha, *command, once=True)
+        except redis.exceptions.NoScriptError:  # the script did not run: a restarted server
+            reply = self._producer.execute("EVAL", scripts.RECEIVE, *command, once=True)
         self._unanswered = None
         next_due = float(reply[0]) if reply[0] else None
         deliveries: list[Delivery] = []

@@ -209,17 +209,24 @@ class DedicatedClient:
                     self._held, self._pid = held, os.getpid()
         return held
 
-    def execute(self, *command: str | bytes) -> Any:
+    def execute(self, *command: str | bytes | float, once: bool = False) -> Any:
         """Send one command and return its raw reply. A dropped connection is reconnected
-        and the command sent once more, as the client's own retry would."""
+        and the command sent once more, as the client's own retry would; with ``once`` only
+        when the first write failed, so a command whose reply was lost never runs twice."""
         held: Any = self.get()
         with held.single_connection_lock:
             connection = held.connection
             try:
                 connection.send_command(*command, check_health=False)
+            except (redis.ConnectionError, redis.TimeoutError):
+                connection.disconnect()
+                connection.send_command(*command, check_health=False)
+            try:
                 return connection.read_response()
             except (redis.ConnectionError, redis.TimeoutError):
                 connection.disconnect()
+                if once:
+                    raise
                 connection.send_command(*command, check_health=False)
                 return connection.read_response()
 

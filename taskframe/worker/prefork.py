@@ -220,12 +220,15 @@ class PreforkPool(Pool):
         if timeout > 0 and self._saturated():
             time.sleep(min(timeout, self._nap()))
             timeout = 0.0
+        ended: list[_Child] = []
         for item in wait(list(waitables), timeout=timeout):
             child = waitables[item]
             if item is child.connection and child in self._children:
-                reports.extend(self._read(child))
-        for child in list(self._children):
-            if not child.process.is_alive():
+                reports.extend(self._read(child, readable=True))
+            elif item is child.process.sentinel:
+                ended.append(child)
+        for child in ended:
+            if child in self._children and not child.process.is_alive():
                 reports.extend(self._read(child))
                 reports.extend(self._replace(child))
         reports.extend(self._enforce_hard_limits())
@@ -248,18 +251,19 @@ class PreforkPool(Pool):
             return timeout
         return max(0.0, min(timeout, min(deadlines) - time.monotonic()))
 
-    def _read(self, child: _Child) -> list[Report]:
+    def _read(self, child: _Child, *, readable: bool = False) -> list[Report]:
         """Every report the child has written so far: one read takes all that are waiting
         (they are framed as ``Connection.send_bytes`` frames them), instead of a poll and two
-        reads per report."""
+        reads per report. ``readable``: the pipe is known to hold data, no poll needed."""
         reports: list[Report] = []
-        while child.jobs and child.connection.poll():
+        while child.jobs and (readable or child.connection.poll()):
             try:
                 data = os.read(child.connection.fileno(), READ_SIZE)
             except OSError:
                 break
             if not data:
                 break
+            readable = False
             child.inbox += data
             now = time.monotonic()
             for frame in _frames(child.inbox):
@@ -275,6 +279,8 @@ class PreforkPool(Pool):
                 self._pace += (report.runtime - self._pace) * PACE_WEIGHT
                 if child.jobs:
                     self._begin(child, now)
+            if len(data) < READ_SIZE:
+                break  # all that was waiting; the next poll's wait sees what comes later
         if child.retire and not child.jobs and child.process.is_alive():
             self._retire(child)
         return reports
