@@ -194,7 +194,13 @@ class Broker(ABC):
     def send_acks(self, deliveries: Sequence[Delivery]) -> None:
         """Ack a batch without waiting for the store to confirm it: the acks are on their way,
         in order, when this returns (the worker's hot path). Stores that cannot defer the
-        confirmation ack as :meth:`ack_many` does."""
+        confirmation ack as :meth:`ack_many` does.
+
+        The worker calls it before every hand-off of received messages to its pool and after
+        every receive that returned messages (once it has handed off what it could), with an
+        empty batch when it acks none: a store that left part of a receive undone (the Redis
+        store's entry for a message a blocking wait took) finishes it here, and may skip it
+        for a message this very batch acks."""
         self.ack_many(deliveries)
 
     @abstractmethod

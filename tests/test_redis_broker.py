@@ -444,7 +444,7 @@ def test_acks_sent_without_waiting_are_applied_and_resent_if_their_fate_is_unkno
     assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
 
 
-def test_a_message_a_blocking_wait_takes_is_entered_like_kombu_and_again_if_the_line_breaks(
+def test_a_message_a_blocking_wait_takes_is_entered_like_kombu_unless_acked_at_once(
     broker: RedisBroker, raw: redis.Redis[bytes], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     producer = RedisBroker(redis_url)
@@ -456,21 +456,37 @@ def test_a_message_a_blocking_wait_takes_is_entered_like_kombu_and_again_if_the_
         timer.join()
         return delivery
 
-    # Given a message a consumer waiting on an empty queue took
+    def landed(tag: str | None) -> bool:
+        deadline = time.monotonic() + 5
+        while not raw.hexists("unacked", tag or "") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return bool(raw.hexists("unacked", tag or ""))
+
+    # Given a message a consumer waiting on an empty queue took, and the call the worker
+    # makes after every receive
     first = taken_by_a_blocking_wait("w1")
-    # Then its entry went out without waiting, and is in before anything else reads unacked
-    broker._unacked.flush()
+    broker.send_acks([])
+    # Then its entry is in, as kombu writes it
+    assert landed(first.tag)
     entry = json.loads(raw.hget("unacked", first.tag or "") or b"")
     assert entry[0]["headers"]["id"] == "w1" and entry[1:] == ["", "waited"]
     first.ack()
     assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
-    # And when the line breaks before the entry's reply is read, the entry is written again
-    # (here it is made to look lost: deleted once it landed)
+    # And a message acked early in that call is neither entered nor removed: nothing is sent
     second = taken_by_a_blocking_wait("w2")
-    deadline = time.monotonic() + 5
-    while not raw.hexists("unacked", second.tag or "") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    raw.hdel("unacked", second.tag or "")
+    broker.send_acks([second])
+    assert broker._unacked._line._pending == [] and raw.hlen("unacked") == 0
+    # And a held entry is written before anything else touches the ledger (here a requeue)
+    third = taken_by_a_blocking_wait("w3")
+    third.reject(requeue=True)
+    assert raw.hlen("unacked") == 0 and raw.llen("waited") == 1
+    raw.delete("waited")
+    # And when the line breaks before an entry's reply is read, the entry is written again
+    # (here it is made to look lost: deleted once it landed)
+    fourth = taken_by_a_blocking_wait("w4")
+    broker.send_acks([])
+    assert landed(fourth.tag)
+    raw.hdel("unacked", fourth.tag or "")
     connection = broker._unacked._line._connection()
 
     def broken() -> None:
@@ -478,8 +494,7 @@ def test_a_message_a_blocking_wait_takes_is_entered_like_kombu_and_again_if_the_
 
     monkeypatch.setattr(connection, "read_response", broken)
     assert broker.receive(["waited"], 1, 0.0) == []
-    assert raw.hexists("unacked", second.tag or "")
-    # And its ack still removes it
-    second.ack()
+    assert raw.hexists("unacked", fourth.tag or "")
+    fourth.ack()
     assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
     producer.close()

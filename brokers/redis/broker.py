@@ -26,7 +26,6 @@ from taskframe.brokers.redis.connection import (
     translate_errors,
 )
 from taskframe.brokers.redis.unacked import UNACKED, UNACKED_INDEX, Unacked
-from taskframe.exceptions import BrokerConnectionError
 from taskframe.protocol import new_id
 
 __all__ = ["RedisBroker", "RedisDelivery"]
@@ -148,7 +147,6 @@ class RedisBroker(Broker):
         self._rotation = 0
         self._next_sweep = 0.0
         self._next_promote = 0.0
-        self._orphan: tuple[str, bytes] | None = None
         self._unanswered: str | None = None
         """Id of a receive call whose reply never came (see ``scripts.RECEIVE``)."""
 
@@ -250,7 +248,7 @@ class RedisBroker(Broker):
                 popped = self.client.brpop(keys, timeout=remaining)
                 if popped is not None:
                     key = popped[0].decode("utf-8")
-                    return [self._take(names[keys.index(key)], key, popped[1])]
+                    return [self._take(names[keys.index(key)], popped[1])]
 
     def _rotate(self, queues: Sequence[str]) -> list[str]:
         """Queues in round-robin order, so one busy queue cannot starve the others."""
@@ -287,23 +285,16 @@ class RedisBroker(Broker):
             deliveries.append(self._delivery(names[number - 1], tag or None, raw))
         return next_due, deliveries
 
-    def _take(self, queue: str, key: str, raw: bytes) -> RedisDelivery:
-        """A message BRPOP popped from list ``key``, entered in ``unacked`` without waiting
-        (see :meth:`Unacked.record`). A process that dies before the entry is written loses
-        it, the same window kombu has; a write that fails puts it back where it was."""
+    def _take(self, queue: str, raw: bytes) -> RedisDelivery:
+        """A message BRPOP popped, its ``unacked`` entry held for the acks that follow (see
+        :meth:`Unacked.hold`). A process that dies before the entry is written loses the
+        message, the same window kombu has between its BRPOP and its entry."""
         delivery = self._delivery(queue, None, raw)
-        entry = (
-            None
-            if delivery.envelope is None
-            else kombu.unacked_entry(delivery.envelope, queue, raw)
-        )
-        if entry is not None:
-            try:
-                self._unacked.record(*entry)
-            except BrokerConnectionError:
-                self._orphan = (key, raw)
-                raise
-            delivery.tag = entry[0]
+        if delivery.envelope is not None:
+            entry = kombu.unacked_entry(delivery.envelope, queue, raw)
+            if entry is not None:
+                self._unacked.hold(*entry)
+                delivery.tag = entry[0]
         return delivery
 
     def _delivery(self, queue: str, tag: str | None, raw: bytes) -> RedisDelivery:
@@ -331,7 +322,8 @@ class RedisBroker(Broker):
         self._settle_batch(deliveries, wait=True)
 
     def send_acks(self, deliveries: Sequence[Delivery]) -> None:
-        """The batch goes out on the ack line; its replies are read by the next receive (see
+        """The batch goes out on the ack line, after the held entries it does not ack; the
+        replies are read by the next receive (see
         :class:`~taskframe.brokers.redis.unacked.AckLine`)."""
         self._settle_batch(deliveries, wait=False)
 
@@ -345,19 +337,12 @@ class RedisBroker(Broker):
                 other.ack()
 
     def _recover(self) -> None:
-        """Send acks kept while Redis was away, and give back what a receive whose reply was
-        lost took: the messages its receipt names, else a message BRPOP took just before the
-        connection broke (at the head of its list, where it was)."""
+        """Send what the ledger kept while Redis was away, and give back what a receive whose
+        reply was lost took (the messages its receipt names)."""
         self._unacked.flush()
         if self._unanswered is not None:
-            if self._unacked.restore_receipt(self._unanswered):
-                self._orphan = None
+            self._unacked.restore_receipt(self._unanswered)
             self._unanswered = None
-        if self._orphan is not None:
-            key, item = self._orphan
-            with translate_errors(self.target):
-                self.client.rpush(key, item)
-            self._orphan = None
 
     def _requeue(self, delivery: RedisDelivery) -> None:
         """Back to the far end of its list (LPUSH, as kombu), flagged redelivered."""

@@ -243,6 +243,8 @@ class Worker:
                     if self.burst and not received and not self._held:
                         break
                     self._dispatch()
+                    if received:
+                        self.settler.flush(finish_receive=True)
                 if pool.in_flight():
                     wait = 0.0 if (free and room > 0) else self._pool_wait(POOL_WAIT)
                     self._settle(pool.poll(wait))
@@ -318,9 +320,11 @@ class Worker:
             batch.append(job)
             if not self.settler.mode(job.task_name).late:
                 self.settler.ack(self._held[job.number])
-        self.settler.flush()
         if batch:
+            self.settler.flush(finish_receive=True)
             self.pool.submit_many(batch)
+        else:
+            self.settler.flush()
 
     # -- settling ------------------------------------------------------------------------------
 

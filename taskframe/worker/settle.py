@@ -83,8 +83,11 @@ class Settler:
         """Ack with the next batch (:meth:`flush`)."""
         self._to_ack.append(delivery)
 
-    def flush(self) -> None:
-        if self._to_ack:
+    def flush(self, *, finish_receive: bool = False) -> None:
+        """Send the acks due. ``finish_receive`` (before a hand-off to the pool, and after a
+        receive): call the broker even with none, so it can finish what it left of a receive
+        (see ``Broker.send_acks``)."""
+        if self._to_ack or finish_receive:
             pending, self._to_ack = self._to_ack, []
             self.app.broker.send_acks([d for d in pending if not d.settled])
 
