@@ -315,6 +315,21 @@ class ResultBackend(ABC):
         once, atomically. Returns every part in index order to exactly one caller: the one
         that completed the chord. Others get None."""
 
+    def store_chord_member(
+        self,
+        task_id: str,
+        payload: bytes,
+        part: bytes,
+        *,
+        group_id: str,
+        index: int,
+        expires: float | None,
+    ) -> list[bytes] | None:
+        """:meth:`set` a chord header member's result, then :meth:`chord_part_done` its part;
+        stores that can do both in one round trip override it."""
+        self.set(task_id, payload, expires=expires)
+        return self.chord_part_done(group_id, index, part, expires=expires)
+
     def chord_adjust(self, group_id: str, delta: int) -> None:
         """Grow the expected size of a running chord (``add_to_chord``)."""
         raise NotImplementedError(f"{self.scheme}:// backends cannot grow a chord")

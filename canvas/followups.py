@@ -54,21 +54,30 @@ def on_failure(app: Taskframe, request: Context, error: BaseException, trace: st
     send_errbacks(app, request, error, trace)
 
 
-def on_chord_part(app: Taskframe, request: Context, state: str, result: Any) -> None:
+def on_chord_part(
+    app: Taskframe, request: Context, state: str, result: Any, *, stored: bytes | None = None
+) -> bool:
     """Count one chord header member; the member that completes the chord sends the body.
+    ``stored``: the member's encoded result meta, stored here with the part (one round trip
+    on Redis instead of two). True when it stored it.
 
     Backends without a native counter are served by ``celery.chord_unlock`` instead."""
     if not request.chord or request.group is None:
-        return
+        return False
     backend = app.backend
     if backend is None:
         logger.error("chord %s cannot complete: no result backend is configured", request.group)
-        return
+        return False
     if not backend.supports_native_chords:
-        return
+        return False
     part = encode_chord_part(request.id or "", state, result, app.conf.result_serializer)
-    parts = backend.chord_part_done(
-        request.group, request.group_index or 0, part, expires=app.result_expires_seconds
-    )
+    index, expires = request.group_index or 0, app.result_expires_seconds
+    if stored is None:
+        parts = backend.chord_part_done(request.group, index, part, expires=expires)
+    else:
+        parts = backend.store_chord_member(
+            request.id or "", stored, part, group_id=request.group, index=index, expires=expires
+        )
     if parts is not None:
         complete_chord(app, request, parts)
+    return stored is not None

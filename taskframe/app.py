@@ -466,6 +466,22 @@ class Taskframe:
         backend = self.backend
         if backend is None:
             return
+        payload = self.encode_result(
+            task_id, state, result, traceback=traceback, request=request, children=children
+        )
+        backend.set(task_id, payload, expires=self.result_expires_seconds)
+
+    def encode_result(
+        self,
+        task_id: str,
+        state: str,
+        result: Any,
+        *,
+        traceback: str | None = None,
+        request: Any = None,
+        children: list[Any] | None = None,
+    ) -> bytes:
+        """One task state in Celery's result-meta format, as :meth:`store_result` stores it."""
         extended = None
         if self.conf.result_extended and request is not None:
             extended = {
@@ -476,7 +492,7 @@ class Taskframe:
                 "retries": request.retries,
                 "queue": (request.delivery_info or {}).get("routing_key"),
             }
-        payload = encode_meta(
+        return encode_meta(
             task_id,
             state,
             result,
@@ -487,7 +503,6 @@ class Taskframe:
             extended=extended,
             serializer=self.conf.result_serializer,
         )
-        backend.set(task_id, payload, expires=self.result_expires_seconds)
 
     @property
     def result_expires_seconds(self) -> float | None:

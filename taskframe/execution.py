@@ -230,11 +230,15 @@ class _Run:
 
     def _success(self, task: Task[Any, Any], retval: Any) -> Outcome:
         children = on_success(self.app, self.request, retval)
-        if not self._ignore_result(task):
-            self.app.store_result(
+        backend = self.app.backend
+        payload = None
+        if backend is not None and not self._ignore_result(task):
+            payload = self.app.encode_result(
                 self.message.id, states.SUCCESS, retval, request=self.request, children=children
             )
-        on_chord_part(self.app, self.request, states.SUCCESS, retval)
+        stored = on_chord_part(self.app, self.request, states.SUCCESS, retval, stored=payload)
+        if backend is not None and payload is not None and not stored:
+            backend.set(self.message.id, payload, expires=self.app.result_expires_seconds)
         task.on_success(retval, self.message.id, self.message.args, self.message.kwargs)
         if signals.task_success.has_receivers():
             signals.task_success.send(sender=task, result=retval)

@@ -121,6 +121,20 @@ def test_chord_completes_once_with_parts_in_index_order(backend: ResultBackend) 
     assert backend.chord_part_done(group_id, 1, b"p1 again", expires=None) is None
 
 
+def test_a_chord_member_is_stored_and_counted_in_one_call(backend: ResultBackend) -> None:
+    group_id, members = new_id(), [new_id(), new_id()]
+    backend.chord_start(group_id, 2, expires=None)
+    results = [f'{{"status": "SUCCESS", "result": {n}}}'.encode() for n in range(2)]
+    calls = [
+        backend.store_chord_member(
+            member, result, f"p{n}".encode(), group_id=group_id, index=n, expires=None
+        )
+        for n, (member, result) in enumerate(zip(members, results, strict=True))
+    ]
+    assert calls == [None, [b"p0", b"p1"]]
+    assert backend.get_many(members) == results
+
+
 def test_chord_start_resets_an_earlier_count(backend: ResultBackend) -> None:
     group_id = new_id()
     backend.chord_start(group_id, 2, expires=None)

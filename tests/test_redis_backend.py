@@ -144,3 +144,19 @@ def test_parts_before_celery_sets_the_size_are_kept(redis_url: str) -> None:
     assert parts == [b'[1, "a", "SUCCESS", 1]', b'[1, "b", "SUCCESS", 2]']
     client.close()
     backend.close()
+
+
+def test_a_chord_member_is_stored_in_one_write_even_after_the_scripts_are_flushed(
+    backend: RedisBackend, raw: redis.Redis[bytes]
+) -> None:
+    # Given a chord of one, on a server that forgot the scripts (restarted, SCRIPT FLUSH)
+    group_id, task_id = str(uuid.uuid4()), str(uuid.uuid4())
+    backend.chord_start(group_id, 1, expires=60)
+    raw.script_flush()
+    # When its member is stored with its part
+    parts = backend.store_chord_member(
+        task_id, meta("SUCCESS", task_id, 7), b"p0", group_id=group_id, index=0, expires=60
+    )
+    # Then both happened: the result is kept and published as Celery's, the chord completed
+    assert parts == [b"p0"]
+    assert json.loads(raw.get(f"celery-task-meta-{task_id}") or b"")["result"] == 7

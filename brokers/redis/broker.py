@@ -5,7 +5,6 @@ See the package docstring for URLs, options and keys.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -138,7 +137,7 @@ class RedisBroker(Broker):
             restore_batch=int(options.get("restore_batch", 100)),
             mutex_expire=float(options.get("unacked_mutex_expire", 300)),
         )
-        self._receive_sha = hashlib.sha1(scripts.RECEIVE.encode("utf-8")).hexdigest()
+        self._receive_sha = scripts.digest(scripts.RECEIVE)
         self._promote_script = self.client.register_script(scripts.PROMOTE)
         self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
         self._replay_script = self.client.register_script(scripts.REPLAY)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,6 +229,32 @@ class DedicatedClient:
                     raise
                 connection.send_command(*command, check_health=False)
                 return connection.read_response()
+
+    def execute_many(self, commands: Sequence[Sequence[str | bytes | float]]) -> list[Any]:
+        """Send ``commands`` in one write and return their raw replies in order, an error
+        reply as its ``ResponseError``. A dropped connection is reconnected and all are sent
+        once more (use it for commands that can run twice)."""
+        held: Any = self.get()
+        with held.single_connection_lock:
+            connection = held.connection
+            packed = connection.pack_commands(commands)
+            try:
+                connection.send_packed_command(packed, False)
+                return self._replies(connection, len(commands))
+            except (redis.ConnectionError, redis.TimeoutError):
+                connection.disconnect()
+                connection.send_packed_command(packed, False)
+                return self._replies(connection, len(commands))
+
+    @staticmethod
+    def _replies(connection: Any, count: int) -> list[Any]:
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
 
     def close(self) -> None:
         held, self._held = self._held, None

@@ -9,6 +9,9 @@ makes the same assumption).
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
+
 __all__ = [
     "ACK_ONE_INTO",
     "CHORD_ADJUST",
@@ -19,6 +22,7 @@ __all__ = [
     "REPLAY",
     "RESTORE",
     "SET_RESULT",
+    "digest",
 ]
 
 _PROMOTE_BODY = """
@@ -252,3 +256,9 @@ end
 return redis.call('INCRBY', KEYS[2], ARGV[1])
 """
 """Grow a running chord (``add_to_chord``): ``INCRBY .t``, as Celery."""
+
+
+@cache
+def digest(source: str) -> str:
+    """The SHA1 that names a script for EVALSHA (worked out once per script)."""
+    return hashlib.sha1(source.encode("utf-8")).hexdigest()
