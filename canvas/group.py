@@ -2,9 +2,10 @@
 
 Members are plain messages carrying the ``group`` id and their ``group_index`` headers; with no
 parent task each member's ``root_id`` is its own id (Celery protocol 2). Plain members are
-encoded without I/O (``app.build_message``) and published with ``broker.publish_many`` in
-batches of :data:`PUBLISH_BATCH`, so a group of 10,000 tasks costs a few round trips; chains and
-chords inside a group are sent one by one. Nested groups are flattened.
+encoded without I/O (``app.draft_message``; a member that differs from the one before only in
+id, index and arguments is derived from its draft) and published with ``broker.publish_many``
+in batches of :data:`PUBLISH_BATCH`, so a group of 10,000 tasks costs a few round trips; chains
+and chords inside a group are sent one by one. Nested groups are flattened.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from taskframe import signals
 from taskframe.brokers.base import Message
 from taskframe.canvas.chain import TaskList
 from taskframe.canvas.signature import Signature, from_dict, register_type
+from taskframe.protocol import Draft
 
 if TYPE_CHECKING:
     from taskframe.app import Taskframe
@@ -172,6 +174,7 @@ def publish_signatures(
     per member."""
     batch: list[tuple[str, Message, float, int | None]] = []
     wire_forms: dict[int, dict[str, Any]] = {}
+    siblings = _Siblings(app)
     for signature in signatures:
         if type(signature) is not Signature:
             signature.apply_async(**options)
@@ -185,9 +188,7 @@ def publish_signatures(
         task = app.tasks.get(signature.task)
         if task is not None:
             send_options.setdefault("expires", task.expires)
-        queue, delay, message = app.build_message(
-            signature.task, signature.args, signature.kwargs, task=task, **send_options
-        )
+        queue, delay, message = siblings.message(signature, task, send_options)
         if signals.before_task_publish.has_receivers():
             signals.before_task_publish.send(
                 sender=signature.task,
@@ -205,6 +206,51 @@ def publish_signatures(
             batch = []
     if batch:
         _flush(app, batch)
+
+
+SIBLING_OPTIONS = frozenset(
+    {"task_id", "group_id", "group_index", "reply_to", "root_id", "parent_id", "chord", "expires"}
+)
+"""Send options under which members of one group can share a draft (see :class:`_Siblings`);
+only ``task_id`` and ``group_index`` may differ between them."""
+
+
+class _Siblings:
+    """Drafts each member of a group, or, when a member is the previous one's sibling (same
+    task, same send options but its id and index, nothing that depends on the time or on the
+    arguments' routing), derives it from that draft: half the encoding time of a member."""
+
+    def __init__(self, app: Taskframe) -> None:
+        self.app = app
+        self.enabled = not app.router.has_routes
+        self.name = ""
+        self.options: dict[str, Any] = {}
+        self.sent: tuple[str, float, Draft] | None = None
+
+    def message(
+        self, signature: Signature, task: Any, options: dict[str, Any]
+    ) -> tuple[str, float, Message]:
+        if self.sent is not None and self._is_sibling(signature.task, options):
+            queue, delay, draft = self.sent
+            sibling = draft.sibling(
+                options["task_id"], options.get("group_index"), signature.args, signature.kwargs
+            )
+            return queue, delay, sibling.encode()
+        queue, delay, draft = self.app.draft_message(
+            signature.task, signature.args, signature.kwargs, task=task, **options
+        )
+        if self.enabled and options.keys() <= SIBLING_OPTIONS and options.get("expires") is None:
+            self.name, self.options, self.sent = signature.task, options, (queue, delay, draft)
+        return queue, delay, draft.encode()
+
+    def _is_sibling(self, name: str, options: dict[str, Any]) -> bool:
+        if name != self.name or options.keys() != self.options.keys() or "task_id" not in options:
+            return False
+        first = self.options
+        return all(value is first[key] for key, value in options.items() if key not in _PER_MEMBER)
+
+
+_PER_MEMBER = ("task_id", "group_index")
 
 
 def _flush(app: Taskframe, batch: list[tuple[str, Message, float, int | None]]) -> None:

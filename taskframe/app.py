@@ -23,7 +23,7 @@ from taskframe.brokers.base import Broker, Message, ResultBackend, backend_from_
 from taskframe.config import DEFAULT_BROKER_URL, Settings
 from taskframe.context import current_request, set_current_app
 from taskframe.exceptions import ImproperlyConfigured, NotRegistered
-from taskframe.protocol import TaskMessage, encode_task, new_id
+from taskframe.protocol import Draft, TaskMessage, new_id
 from taskframe.result_meta import encode_meta
 from taskframe.routing import Router
 from taskframe.shared import SharedTask, register_shared, shared_factories
@@ -306,7 +306,7 @@ class Taskframe:
     ) -> results.AsyncResult[Any]:
         """Send a task message by name; returns its AsyncResult at once.
 
-        ``options`` are those of :meth:`build_message` (countdown, eta, expires, queue,
+        ``options`` are those of :meth:`draft_message` (countdown, eta, expires, queue,
         priority, headers, link, ...), as Celery's ``send_task`` takes them."""
         queue_name, delay, message = self.build_message(name, args, kwargs, **options)
         if signals.before_task_publish.has_receivers():
@@ -336,6 +336,18 @@ class Taskframe:
         name: str,
         args: Sequence[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> tuple[str, float, Message]:
+        """The queue, delay in seconds and encoded message for one call (no I/O); ``options``
+        as :meth:`draft_message` takes them."""
+        queue_name, delay, draft = self.draft_message(name, args, kwargs, **options)
+        return queue_name, delay, draft.encode()
+
+    def draft_message(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
         *,
         countdown: float | None = None,
         eta: datetime | None = None,
@@ -352,8 +364,9 @@ class Taskframe:
         link_error: Any = None,
         task: Task[Any, Any] | None = None,
         **options: Any,
-    ) -> tuple[str, float, Message]:
-        """The queue, delay in seconds and encoded message for one call (no I/O)."""
+    ) -> tuple[str, float, Draft]:
+        """:meth:`build_message` before encoding: the queue, delay and the call as a
+        :class:`~taskframe.protocol.Draft`."""
         args = list(args or ())
         kwargs = dict(kwargs or {})
         if task is None:
@@ -428,13 +441,13 @@ class Taskframe:
             stamps=options.pop("stamps", None) or {},
             extra_headers=dict(headers) if headers else {},
         )
-        message = encode_task(
+        draft = Draft(
             task_message,
             serializer=serializer or conf.task_serializer,
             compression=compression or conf.task_compression,
             arg_names=arg_names,
         )
-        return queue_name, delay, message
+        return queue_name, delay, draft
 
     # -- results -------------------------------------------------------------------------------
 

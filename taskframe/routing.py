@@ -27,6 +27,11 @@ class Router:
         self.default_queue = default_queue
         self._routes: list[RouteFunction] = [self._compile(route) for route in _as_list(routes)]
 
+    @property
+    def has_routes(self) -> bool:
+        """True when ``task_routes`` is set: a route may look at a call's arguments."""
+        return bool(self._routes)
+
     def route(
         self,
         name: str,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from taskframe import Taskframe
+from taskframe import Taskframe, group
 from taskframe.brokers.base import Message
 from taskframe.brokers.redis import RedisBroker
 from taskframe.protocol import new_id
@@ -68,3 +68,30 @@ def test_changed_settings_reach_the_next_message() -> None:
     assert app.build_message(add.name, (1, 2))[2].priority == 7
     with pytest.raises(TypeError, match=r"add\(\) missing a required argument: 'y'"):
         add.delay(1)
+
+
+def test_group_members_drafted_once_encode_as_each_would_alone() -> None:
+    # Given a group of plain members (the path that drafts the first and derives the rest)
+    app = Taskframe("send", broker="memory://", backend="memory://", set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    members = [add.s(1, 2), add.s(3), add.s(4, y=5), add.s(6).set(countdown=0)]
+    app.broker.purge("celery")
+    result = group(members).apply_async()
+    sent = app.broker.receive(["celery"], 10, 0.0)
+    # Then each message is the one build_message makes for that member alone
+    assert [d.message.headers["id"] for d in sent] == [r.id for r in result.results]
+    for index, (delivery, member) in enumerate(zip(sent, members, strict=True)):
+        options = {"task_id": delivery.message.headers["id"], "group_id": result.id}
+        options.update(
+            group_index=index, reply_to=app.oid, countdown=member.options.get("countdown")
+        )
+        _, _, alone = app.build_message(add.name, member.args, member.kwargs, **options)
+        assert delivery.message.body == alone.body
+        timeless = {"eta": None}  # the member with a countdown was drafted a moment earlier
+        assert delivery.message.headers | timeless == alone.headers | timeless
+        assert (delivery.message.headers["eta"] is None) == (alone.headers["eta"] is None)
+        assert delivery.message.properties == alone.properties
