@@ -1,35 +1,22 @@
-"""taskframe's runner: ``delay``; ``group(...)`` or, until canvas has it, ``build_message`` +
-``broker.publish_many`` (the path group takes); ``chord`` once canvas has it.
+"""taskframe's runner: ``delay``; ``group(...).apply_async()`` for the batch; ``chord``.
 
-Brokers: Redis (``taskframe.brokers.redis``), sqlite (a file in the run's scratch directory,
-also the result backend), RabbitMQ once ``taskframe.brokers.rabbitmq`` imports.
+Brokers: Redis, RabbitMQ, SQS, and sqlite (a file in the run's scratch directory, also the
+result backend).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 from typing import Any
 
 import taskframe
 from benchmarks.apps import tasks, tf_app
 from benchmarks.runner import BIN, Runner, Unavailable
 from benchmarks.settings import SQS_QUEUE_PREFIX
+from taskframe.brokers.redis import envelope
 
 __all__ = ["TaskframeRunner", "sample_payload"]
-
-
-def _canvas(name: str) -> Any:
-    """``taskframe.<name>``, else ``taskframe.canvas.<name>``, else None (not written yet)."""
-    found = getattr(taskframe, name, None)
-    if found is not None:
-        return found
-    try:
-        canvas = importlib.import_module("taskframe.canvas")
-    except ImportError:
-        return None
-    return getattr(canvas, name, None)
 
 
 def _module_exists(name: str) -> bool:
@@ -92,26 +79,13 @@ class TaskframeRunner(Runner):
             delay(number)
 
     def enqueue_batch(self, count: int) -> None:
-        group = _canvas("group")
-        if group is not None:
-            group(self.noop.s(number) for number in range(count)).apply_async()
-            return
-        build = self.app.build_message
-        name = tasks.NAMES["noop"]
-        items = []
-        for number in range(count):
-            queue, delay, message = build(name, (number,), task=self.noop)
-            items.append((queue, message, delay, message.priority))
-        self.app.broker.publish_many(items)
+        taskframe.group(self.noop.s(number) for number in range(count)).apply_async()
 
     def round_trip(self, number: int, timeout: float) -> None:
         self.echo.delay(number).get(timeout=timeout)
 
     def chord(self, size: int) -> None:
-        chord = _canvas("chord")
-        if chord is None:
-            raise Unavailable("chord not implemented")
-        chord(self.echo.s(number) for number in range(size))(self.chord_done.s())
+        taskframe.chord(self.echo.s(number) for number in range(size))(self.chord_done.s())
 
     def purge(self) -> None:
         if self.broker == "sqlite":
@@ -149,14 +123,4 @@ def sample_payload() -> bytes:
     """What taskframe writes to Redis for ``noop(1)``: the floors push payloads of this size."""
     app = tf_app.build("memory://", "memory://", "taskframe-bench")
     _queue, _delay, message = app.build_message(tasks.NAMES["noop"], (1,))
-    try:
-        envelope = importlib.import_module("taskframe.brokers.redis.envelope")
-    except ImportError:
-        raw = {
-            "body": message.body.decode(),
-            "headers": message.headers,
-            "properties": message.properties,
-        }
-    else:
-        raw = envelope.encode("taskframe-bench", message, 0)[1]
-    return json.dumps(raw, default=str).encode()
+    return envelope.to_json(envelope.encode("taskframe-bench", message, 0)[1]).encode()
