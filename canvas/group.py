@@ -247,10 +247,10 @@ class _Siblings:
         if name != self.name or options.keys() != self.options.keys() or "task_id" not in options:
             return False
         first = self.options
-        return all(value is first[key] for key, value in options.items() if key not in _PER_MEMBER)
-
-
-_PER_MEMBER = ("task_id", "group_index")
+        for key, value in options.items():
+            if value is not first[key] and key != "task_id" and key != "group_index":
+                return False
+        return True
 
 
 def _flush(app: Taskframe, batch: list[tuple[str, Message, float, int | None]]) -> None:

@@ -39,6 +39,8 @@ PRIORITY_STEPS = (0, 3, 6, 9)
 
 def clamp_priority(value: object) -> int:
     """kombu's reading of ``properties.priority``: an int within 0-9, 0 when unreadable."""
+    if type(value) is int and 0 <= value <= 9:
+        return value
     try:
         return max(0, min(9, int(str(value))))
     except ValueError:
