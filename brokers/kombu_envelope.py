@@ -36,7 +36,8 @@ def build_envelope(
     priority: int,
     extra_properties: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The envelope kombu would write for ``message`` published to ``queue``."""
+    """The envelope kombu would write for ``message`` published to ``queue`` (it shares the
+    message's headers: encode it, do not change it)."""
     properties = {key: value for key, value in message.properties.items() if key not in _REPLACED}
     properties["delivery_info"] = {"exchange": "", "routing_key": queue}
     properties["priority"] = priority
@@ -48,7 +49,7 @@ def build_envelope(
         "body": base64.b64encode(message.body).decode("ascii"),
         "content-encoding": message.content_encoding,
         "content-type": message.content_type,
-        "headers": dict(message.headers),
+        "headers": message.headers,
         "properties": properties,
     }
 

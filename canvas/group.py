@@ -179,7 +179,9 @@ def publish_signatures(
         if type(signature) is not Signature:
             signature.apply_async(**options)
             continue
-        send_options = {k: v for k, v in {**signature.options, **options}.items() if v is not None}
+        send_options = {**signature.options, **options}
+        for key in [key for key, value in send_options.items() if value is None]:
+            del send_options[key]
         shared = send_options.get("chord")
         if isinstance(shared, Signature):
             if id(shared) not in wire_forms:
