@@ -36,7 +36,14 @@ from redis.sentinel import Sentinel
 
 from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
-__all__ = ["DedicatedClient", "RedisTarget", "connect", "parse_url", "translate_errors"]
+__all__ = [
+    "DedicatedClient",
+    "RedisTarget",
+    "connect",
+    "parse_url",
+    "read_replies",
+    "translate_errors",
+]
 
 _CERT_REQS = {
     "required": "required",
@@ -240,26 +247,28 @@ class DedicatedClient:
             packed = connection.pack_commands(commands)
             try:
                 connection.send_packed_command(packed, False)
-                return self._replies(connection, len(commands))
+                return read_replies(connection, len(commands))
             except (redis.ConnectionError, redis.TimeoutError):
                 connection.disconnect()
                 connection.send_packed_command(packed, False)
-                return self._replies(connection, len(commands))
-
-    @staticmethod
-    def _replies(connection: Any, count: int) -> list[Any]:
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(connection.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        return replies
+                return read_replies(connection, len(commands))
 
     def close(self) -> None:
         held, self._held = self._held, None
         if held is not None and self._pid == os.getpid():
             held.close()
+
+
+def read_replies(connection: Any, count: int) -> list[Any]:
+    """The next ``count`` raw replies on ``connection``, an error reply as its
+    ``ResponseError`` (so one bad reply does not leave the others unread)."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 _AUTH_ERRORS: tuple[type[Exception], ...] = (

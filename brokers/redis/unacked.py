@@ -22,7 +22,12 @@ from redis.exceptions import LockError
 
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
-from taskframe.brokers.redis.connection import DedicatedClient, RedisTarget, translate_errors
+from taskframe.brokers.redis.connection import (
+    DedicatedClient,
+    RedisTarget,
+    read_replies,
+    translate_errors,
+)
 from taskframe.exceptions import BrokerConnectionError
 
 __all__ = ["RECEIPT_PREFIX", "UNACKED", "UNACKED_INDEX", "UNACKED_MUTEX", "AckLine", "Unacked"]
@@ -147,13 +152,13 @@ class Unacked:
             self._receipt_key = f"{RECEIPT_PREFIX}{uuid.uuid4()}"
         return self._receipt_key
 
-    def restore_receipt(self, call: str) -> bool:
-        """Put back the messages receive call ``call`` took, if it ran; True if it did."""
+    def restore_receipt(self, call: str) -> None:
+        """Put back the messages receive call ``call`` took, if it ran."""
         with translate_errors(self.target):
             raw = self.client.get(self.receipt_key())
             receipt = json.loads(raw) if raw else None
             if not receipt or receipt[0] != call:
-                return False
+                return
             tags = [str(tag) for tag in receipt[1]]
             values = self.client.hmget(UNACKED, tags)
             restored = sum(
@@ -161,7 +166,6 @@ class Unacked:
                 for tag, value in reversed(list(zip(tags, values, strict=True)))
             )
         log.warning("gave back %d message(s) taken by a receive whose reply was lost", restored)
-        return True
 
     def restore_visible(self) -> int:
         """Put entries older than the visibility timeout back on their queues.
@@ -269,13 +273,8 @@ class AckLine:
                 return [], []
             connection = self._connection()
             while self._pending:
-                error: redis.ResponseError | None = None
                 try:
-                    for _ in range(self._pending[0][0]):
-                        try:
-                            connection.read_response()
-                        except redis.ResponseError as exc:  # read the batch's other replies
-                            error = error or exc
+                    replies = read_replies(connection, self._pending[0][0])
                 except (redis.ConnectionError, redis.TimeoutError):
                     connection.disconnect()
                     lost = self._pending
@@ -285,8 +284,9 @@ class AckLine:
                         [tag for _, _, tags in lost for tag in tags],
                     )
                 self._pending.pop(0)
-                if error is not None:
-                    raise error
+                for reply in replies:
+                    if isinstance(reply, redis.ResponseError):
+                        raise reply
             return [], []
 
     def close(self) -> None:
