@@ -234,10 +234,10 @@ class _Siblings:
     ) -> tuple[str, float, Message]:
         if self.sent is not None and self._is_sibling(signature.task, options):
             queue, delay, draft = self.sent
-            sibling = draft.sibling(
+            message = draft.encode_sibling(
                 options["task_id"], options.get("group_index"), signature.args, signature.kwargs
             )
-            return queue, delay, sibling.encode()
+            return queue, delay, message
         queue, delay, draft = self.app.draft_message(
             signature.task, signature.args, signature.kwargs, task=task, **options
         )

@@ -109,30 +109,82 @@ class TaskMessage:
     content_type: str = "application/json"
 
 
+_SIBLING_HEADERS = frozenset({"id", "root_id", "group_index", "argsrepr", "kwargsrepr", "stamps"})
+"""The headers :meth:`Draft.encode_sibling` writes for each member."""
+
+
 @dataclass
 class Draft:
     """A task call ready to encode, and how: what ``build_message`` makes before encoding.
 
     Group members that differ only in id, index and arguments are drafted once and encoded
-    from that draft (:meth:`sibling`), which takes half the time of drafting each."""
+    from that draft's message (:meth:`encode_sibling`): a third of the time of drafting and
+    encoding each."""
 
     task: TaskMessage
     serializer: str = "json"
     compression: str | None = None
     arg_names: Sequence[str] | None = None
+    encoded: Message | None = field(default=None, repr=False, compare=False)
 
     def encode(self) -> Message:
-        return encode_task(
+        self.encoded = encode_task(
             self.task,
             serializer=self.serializer,
             compression=self.compression,
             arg_names=self.arg_names,
         )
+        return self.encoded
 
-    def sibling(
+    def encode_sibling(
+        self, task_id: str, group_index: int | None, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> Message:
+        """The message for another member of the group: its own id, index and arguments.
+
+        Only the body and the headers and properties that follow from them are made anew;
+        a call whose draft sets any of those itself is encoded in full."""
+        task = self.task
+        first = self.encoded
+        if (
+            first is None
+            or self.compression
+            or task.argsrepr is not None
+            or task.kwargsrepr is not None
+            or task.correlation_id is not None
+            or not _SIBLING_HEADERS.isdisjoint(task.extra_headers)
+        ):
+            return self._sibling(task_id, group_index, args, kwargs).encode()
+        args, kwargs = list(args), dict(kwargs)
+        embed = {
+            "callbacks": task.callbacks,
+            "errbacks": task.errbacks,
+            "chain": task.chain,
+            "chord": task.chord,
+        }
+        try:
+            body = dumps([args, kwargs, embed], self.serializer)[0]
+        except SerializationError:  # encoded in full for the error that names the argument
+            return self._sibling(task_id, group_index, args, kwargs).encode()
+        headers = first.headers.copy()
+        headers["id"] = task_id
+        headers["root_id"] = task.root_id or task_id
+        headers["group_index"] = group_index
+        headers["argsrepr"] = _safe_repr(tuple(args))
+        headers["kwargsrepr"] = _safe_repr(kwargs)
+        headers["stamps"] = dict(task.stamps)
+        properties = first.properties.copy()
+        properties["correlation_id"] = task_id
+        return Message(
+            body=body,
+            headers=headers,
+            properties=properties,
+            content_type=first.content_type,
+            content_encoding=first.content_encoding,
+        )
+
+    def _sibling(
         self, task_id: str, group_index: int | None, args: Sequence[Any], kwargs: dict[str, Any]
     ) -> Draft:
-        """The same call for another member of the group: its own id, index and arguments."""
         task = object.__new__(TaskMessage)
         task.__dict__.update(self.task.__dict__)
         task.id, task.group_index = task_id, group_index

@@ -12,6 +12,7 @@ import redis
 from taskframe import Taskframe, group
 from taskframe.brokers.base import Message
 from taskframe.brokers.redis import RedisBroker
+from taskframe.exceptions import SerializationError
 from taskframe.protocol import new_id
 
 
@@ -95,3 +96,14 @@ def test_group_members_drafted_once_encode_as_each_would_alone() -> None:
         assert delivery.message.headers | timeless == alone.headers | timeless
         assert (delivery.message.headers["eta"] is None) == (alone.headers["eta"] is None)
         assert delivery.message.properties == alone.properties
+
+
+def test_a_group_member_that_cannot_serialize_is_named() -> None:
+    app = Taskframe("send", broker="memory://", backend="memory://", set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int = 0) -> int:
+        return x + y
+
+    with pytest.raises(SerializationError, match="argument 'y'"):
+        group([add.s(1, 2), add.s(3, object())]).apply_async()
