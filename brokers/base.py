@@ -186,6 +186,15 @@ class Broker(ABC):
         while True:
             yield from self.receive(queues, prefetch, timeout)
 
+    def set_prefetch(self, count: int) -> None:
+        """Let this thread's consumer hold up to ``count`` unsettled messages, asked for or not.
+
+        A store that pushes (RabbitMQ) then keeps that many coming ahead of the asks, so a
+        busy consumer finds its next batch waiting instead of asking and waiting a round trip;
+        what it holds is invisible to other consumers until settled or given back, as with
+        Celery's ``worker_prefetch_multiplier``. 0 withdraws it: what was pushed and not
+        handed out goes back to the queue. Stores that are asked (pull) ignore it."""
+
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack a batch; stores that can pipeline override this."""
         for delivery in deliveries:

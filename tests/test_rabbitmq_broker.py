@@ -57,6 +57,11 @@ def raw(plain_url: str) -> Iterator[pika.adapters.blocking_connection.BlockingCh
     connection.close()
 
 
+def ready(channel: pika.adapters.blocking_connection.BlockingChannel, queue: str) -> int:
+    """Messages RabbitMQ has not handed to any consumer."""
+    return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+
 def new_queue() -> str:
     return f"tf-rmq-{uuid.uuid4().hex[:10]}"
 
@@ -368,6 +373,33 @@ def test_a_consumer_giving_back_its_last_message_stops_taking_more(
         [again] = receive(other, queue, 1, timeout=3)
         assert (again.message.body, again.redelivered) == (b"back", True)
         again.ack()
+    finally:
+        other.close()
+
+
+def test_a_standing_prefetch_is_pushed_ahead_and_zero_gives_it_back(
+    broker: RabbitMQBroker,
+    plain_url: str,
+    raw: pika.adapters.blocking_connection.BlockingChannel,
+) -> None:
+    # Given a consumer with a standing prefetch of 4 that took and acked 2 of 6 messages
+    queue = new_queue()
+    broker.publish_many([(queue, Message(str(n).encode()), 0.0, None) for n in range(6)])
+    broker.set_prefetch(4)
+    broker.ack_many(receive(broker, queue, 2))
+    # Then RabbitMQ pushes the other 4 before the next ask: none is left ready on the queue
+    deadline = time.monotonic() + 10
+    while ready(raw, queue) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready(raw, queue) == 0
+    assert broker.size(queue) == 4  # held by the consumer, still counted
+    # And withdrawing the prefetch gives them back, in order, for another consumer
+    broker.set_prefetch(0)
+    other = RabbitMQBroker(plain_url)
+    try:
+        again = receive(other, queue, 4)
+        assert [d.message.body for d in again] == [b"2", b"3", b"4", b"5"]
+        other.ack_many(again)
     finally:
         other.close()
 

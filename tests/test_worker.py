@@ -412,7 +412,11 @@ def test_prefetch_limit_bounds_the_messages_held(app: Taskframe) -> None:
         blocked.delay()
     with app.test_worker(concurrency=2, prefetch_multiplier=3) as worker:
         wait_for(lambda: worker.stats()["held"] == 6)
-        assert app.broker.size("celery") == 14
+        left = app.broker.size("celery")
+        if app.broker.scheme == "amqp":  # RabbitMQ pushes ahead, up to the window unacked
+            assert 14 - 6 <= left <= 14
+        else:
+            assert left == 14
         gate.set()
         worker.join()
 
@@ -433,7 +437,15 @@ def test_warm_stop_returns_unstarted_messages_at_once(app: Taskframe) -> None:
     thread.start()
     wait_for(lambda: worker.stats()["held"] == 8)
     worker.stop()
-    wait_for(lambda: app.broker.size("celery") == 8)
+    # another consumer sees them: none stays with this worker (RabbitMQ pushed it more ahead);
+    # a memory:// store lives in its broker object, so there the same broker looks
+    shared = app.broker.capabilities.persistent
+    other = make_app(app.conf.broker_url) if shared else app
+    try:
+        wait_for(lambda: other.broker.size("celery") == 8)
+    finally:
+        if shared:
+            other.close()
     gate.set()
     thread.join(10)
     assert not thread.is_alive()

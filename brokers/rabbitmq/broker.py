@@ -152,9 +152,8 @@ class RabbitMQBroker(Broker):
                 if session is None or not session.usable:
                     if session is not None:
                         self._discard(session)
-                    session = Session(
-                        self.parameters, confirm=self.confirm_publish, floor=self.prefetch_floor
-                    )
+                    floor = getattr(self._local, "floor", self.prefetch_floor)
+                    session = Session(self.parameters, confirm=self.confirm_publish, floor=floor)
                     self._local.session = session
                     with self._lock:
                         self._sessions.append(session)
@@ -322,6 +321,17 @@ class RabbitMQBroker(Broker):
                 if remaining <= 0 and not session.buffered(queues):
                     return []
                 session.wait(remaining)
+
+    def set_prefetch(self, count: int) -> None:
+        """The channel prefetch never goes below ``count`` (nor the ``prefetch_count`` option)
+        on this thread's session; 0 also withdraws the standing ask, giving back what was
+        pushed and not handed out."""
+        floor = max(int(self.transport_options.get("prefetch_count", 0)), count)
+        session: Session | None = getattr(self._local, "session", None)
+        self._local.floor = floor
+        if session is not None and session.usable:
+            with self._session():
+                session.set_floor(floor, withdraw=count == 0)
 
     def _deliveries(self, session: Session, received: list[Received]) -> list[Delivery]:
         """Deliveries for the buffered messages; one whose delay outlived a pass through the

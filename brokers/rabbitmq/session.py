@@ -175,6 +175,16 @@ class Session:
         if self._awaiting_qos and not self._qos_unanswered:
             self.connection.call_later(0, _nothing)
 
+    def set_floor(self, floor: int, *, withdraw: bool = False) -> None:
+        """A new lower bound for the prefetch, sent at once to running consumers; with
+        ``withdraw`` the standing ask goes too, and the consumers stop, giving back what they
+        buffered (deliveries handed out can still be settled)."""
+        self.floor = floor
+        if withdraw:
+            self.stop_consuming()
+        elif self.consumers:
+            self._fit()
+
     def stop_consuming(self) -> None:
         """Cancel every consumer, putting back what they buffered; ``consume`` restarts them."""
         for queue in list(self.consumers):

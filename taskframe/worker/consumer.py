@@ -7,7 +7,9 @@ messages up to the prefetch limit (``prefetch_multiplier * concurrency`` message
 most, running or not, plus what the pool queues beyond its running jobs: the prefork
 children's queues), and settles finished jobs; acks of one turn go out in one batch. Fetches
 wait until half the window is free (or the pool has nothing to run), so each receive brings
-a batch, not one message.
+a batch, not one message. A store that pushes (RabbitMQ) is told the same limit as its
+standing prefetch (``Broker.set_prefetch``, Celery's basic.qos): it sends the next messages
+while these run, so a receive finds them waiting; they go back at shutdown.
 
 Acknowledgement, derived once per task from Celery's booleans
 (:class:`~taskframe.worker.settle.AckMode`):
@@ -54,6 +56,7 @@ from taskframe.brokers.base import Delivery
 from taskframe.connection_retry import RetryPolicy, connect_with_retry, reconnect
 from taskframe.exceptions import (
     BrokerConnectionError,
+    BrokerError,
     ImproperlyConfigured,
 )
 from taskframe.timeutils import utcnow
@@ -180,6 +183,7 @@ class Worker:
         signals.worker_init.send(sender=self)
         self.control.start()
         self.pool.start()
+        self.app.broker.set_prefetch(self.prefetch_limit)
         self.started_at = time.monotonic()
         self.ready.set()
         signals.worker_ready.send(sender=self)
@@ -429,6 +433,7 @@ class Worker:
     def _shutdown(self) -> None:
         how = "cold" if self.settler.cold else "warm"
         signals.worker_shutting_down.send(sender=self.hostname, sig="stop", how=how, exitcode=0)
+        self._stop_prefetching()
         unstarted = [job.number for job in self._ready] + [item[1] for item in self._waiting]
         self._ready.clear()
         self._waiting.clear()
@@ -457,6 +462,14 @@ class Worker:
                 delivery.reject(requeue=True)
         self.control.stop()
         signals.worker_shutdown.send(sender=self)
+
+    def _stop_prefetching(self) -> None:
+        """What a push store sent ahead goes back to the queue now, for other workers, not
+        when the connection closes after the running jobs finished."""
+        try:
+            self.app.broker.set_prefetch(0)
+        except BrokerError as exc:
+            logger.warning("prefetched messages go back when the connection closes: %s", exc)
 
 
 def _moment(value: Any) -> datetime | None:
