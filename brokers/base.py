@@ -83,6 +83,9 @@ class Capabilities:
     max_message_size: int | None = None
     shared_rate_limits: bool = False
     persistent: bool = True
+    idle_wait: float = 0.0
+    """Seconds an idle worker should wait in one receive at least: SQS counts long polls in
+    whole seconds, and a shorter wait becomes short polls (each one a billed request)."""
 
 
 class Delivery(ABC):

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +25,12 @@ import boto3
 import pytest
 from conftest import IN_CI, free_port, port_open, wait_for
 
+from taskframe import Taskframe
 from taskframe.brokers.base import Delivery, Message, broker_from_url
 from taskframe.brokers.sqs import SQSBroker
 from taskframe.brokers.sqs.connection import dead_letter_name, parse_settings, sqs_queue_name
 from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
+from taskframe.worker import Worker
 
 pytestmark = pytest.mark.sqs
 
@@ -322,6 +325,38 @@ def test_a_body_that_is_not_an_envelope_is_handed_over_raw(broker: SQSBroker, ra
     broker.dead_letter(odd, "malformed message")
     [parked] = broker.dead_letters("mixed")
     assert (parked.reason, parked.message.body) == ("malformed message", b"plain text, not kombu")
+
+
+def test_one_queue_is_long_polled_from_the_first_request(broker: SQSBroker) -> None:
+    polls = calls_to(broker, "ReceiveMessage")
+    assert broker.receive(["idle-one"], 1, 1.5) == []
+    assert [poll["WaitTimeSeconds"] for poll in polls] == [1, 0]  # then the half second left
+
+
+def test_an_idle_worker_long_polls_and_still_runs_at_once(sqs_url: str) -> None:
+    # Given a worker on SQS with nothing to do
+    app = Taskframe("idle", broker=sqs_url, backend="memory://", set_as_current=False)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert isinstance(app.broker, SQSBroker)
+    polls = calls_to(app.broker, "ReceiveMessage")
+    worker = Worker(app, pool="threads", concurrency=1)
+    thread = threading.Thread(target=worker.start)
+    thread.start()
+    try:
+        # Then every receive is a long poll (no stream of paid short polls)
+        wait_for(lambda: len(polls) >= 3)
+        assert all(poll["WaitTimeSeconds"] >= 1 for poll in polls[:3])
+        # And a task sent to it meanwhile runs
+        assert add.delay(2, 3).get(timeout=10) == 5
+    finally:
+        worker.stop()
+        thread.join(10)
+        app.close()
+    assert not thread.is_alive()
 
 
 def test_broadcast_is_refused_with_the_reason(broker: SQSBroker) -> None:

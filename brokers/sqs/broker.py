@@ -98,6 +98,7 @@ class SQSBroker(Broker):
         extend_visibility=True,
         max_message_size=kombu.MAX_MESSAGE_SIZE,
         shared_rate_limits=False,
+        idle_wait=2.0,
     )
     max_native_delay: ClassVar[int] = 900
     """Longest DelaySeconds SQS takes; longer delays are re-deferred in hops of this size."""
@@ -241,12 +242,13 @@ class SQSBroker(Broker):
     # consuming
 
     def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
-        """A short poll of every queue first. When nothing is ready: long polls while a whole
-        second of ``timeout`` is left (one second per queue in turn when there are several,
-        up to ``wait_time_seconds`` for one), then a wait for the fraction left and a last
-        short poll, so a call returns within ``timeout`` and an idle consumer with short
-        timeouts sends a few requests a second, not a stream. The first queue rotates from
-        call to call, for fairness."""
+        """Long polls while a whole second of ``timeout`` is left (up to ``wait_time_seconds``
+        each; they return as soon as a message is there), then a wait for the fraction left
+        and a last short poll, so a call returns within ``timeout`` and an idle consumer with
+        short timeouts sends a few requests a second, not a stream. Several queues get a
+        short poll each first, so one queue's long poll does not hold up another's messages,
+        then long polls of a second in turn; the first queue rotates from call to call, for
+        fairness."""
         if max_messages <= 0 or not queues:
             return []
         deadline = time.monotonic() + timeout
@@ -254,7 +256,7 @@ class SQSBroker(Broker):
         self._rotation += 1
         order = [*queues[start:], *queues[:start]]
         refs = [(queue, self._queue(queue)) for queue in order]
-        wait = 0
+        wait = min(self.settings.wait_time_seconds, int(timeout)) if len(refs) == 1 else 0
         while True:
             deliveries: list[Delivery] = []
             for queue, ref in refs:

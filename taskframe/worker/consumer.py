@@ -237,10 +237,7 @@ class Worker:
                 if room >= self._low_water or (room > 0 and free and not self._ready):
                     timeout = 0.0
                     if free and not self._ready:
-                        idle = BUSY_RECEIVE_TIMEOUT if self.burst else IDLE_RECEIVE_TIMEOUT
-                        timeout = (
-                            BUSY_RECEIVE_TIMEOUT if pool.in_flight() else self._pool_wait(idle)
-                        )
+                        timeout = self._receive_wait()
                     received = broker.receive(self.queues, room, timeout)
                     for delivery in received:
                         self._accept(delivery)
@@ -258,6 +255,19 @@ class Worker:
             except BrokerConnectionError as exc:
                 policy = RetryPolicy.from_conf(self.app.conf, startup=False)
                 reconnect(broker, policy, logger, exc, stopping=lambda: self._stopping)
+
+    def _receive_wait(self) -> float:
+        """How long a receive may wait for the first message when there is nothing to run.
+
+        Short while jobs run (their reports are read between receives), or until the next
+        housekeeping; a worker holding nothing waits the store's ``idle_wait`` (SQS: a long
+        poll instead of paid short polls), as housekeeping has nothing to extend then and
+        the commands it runs can wait that long."""
+        if self.burst or self.pool.in_flight():
+            return BUSY_RECEIVE_TIMEOUT
+        if not self._held:
+            return max(IDLE_RECEIVE_TIMEOUT, self.app.broker.capabilities.idle_wait)
+        return self._pool_wait(IDLE_RECEIVE_TIMEOUT)
 
     def _pool_wait(self, limit: float) -> float:
         """``limit``, or less when housekeeping or a rate-limited job falls due sooner."""
