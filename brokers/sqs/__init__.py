@@ -49,8 +49,9 @@ it as FIFO order requires (its receive count then grows, so it arrives marked re
 A Celery worker that takes a not-yet-due message honours its ``eta`` header in memory, as
 Celery always does on SQS.
 
-Receiving: a short poll of every queue, then long polls (``WaitTimeSeconds``) until the
-timeout, ``MaxNumberOfMessages`` up to 10 per call, ``ApproximateReceiveCount`` > 1 meaning
+Receiving: long polls (``WaitTimeSeconds``) until the timeout, a short poll of each queue
+first when there are several; an idle worker waits 2 s per receive (``idle_wait``), so it
+long-polls; ``MaxNumberOfMessages`` up to 10 per call, ``ApproximateReceiveCount`` > 1 meaning
 redelivered. ack = ``DeleteMessage`` (``ack_many``: ``DeleteMessageBatch``), reject with
 requeue = ``ChangeMessageVisibility`` 0, reject without = delete, extend =
 ``ChangeMessageVisibility``. SQS standard queues do not promise FIFO order; moto keeps it.
