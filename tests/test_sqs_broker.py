@@ -330,33 +330,42 @@ def test_a_body_that_is_not_an_envelope_is_handed_over_raw(broker: SQSBroker, ra
 def test_one_queue_is_long_polled_from_the_first_request(broker: SQSBroker) -> None:
     polls = calls_to(broker, "ReceiveMessage")
     assert broker.receive(["idle-one"], 1, 1.5) == []
-    assert [poll["WaitTimeSeconds"] for poll in polls] == [1, 0]  # then the half second left
+    assert [poll["WaitTimeSeconds"] for poll in polls] == [1]  # the half second left: no poll
+    assert broker.receive(["idle-one"], 1, 0.3) == []
+    assert [poll["WaitTimeSeconds"] for poll in polls[1:]] == [0, 0]  # before and after a nap
 
 
-def test_an_idle_worker_long_polls_and_still_runs_at_once(sqs_url: str) -> None:
-    # Given a worker on SQS with nothing to do
-    app = Taskframe("idle", broker=sqs_url, backend="memory://", set_as_current=False)
+def test_a_worker_long_polls_idle_or_busy_and_takes_messages_at_once(sqs_url: str) -> None:
+    # Given a worker on SQS with two slots
+    app = Taskframe("polls", broker=sqs_url, backend="memory://", set_as_current=False)
 
     @app.task
     def add(x: int, y: int) -> int:
         return x + y
 
+    @app.task
+    def nap(seconds: float) -> None:
+        time.sleep(seconds)
+
     assert isinstance(app.broker, SQSBroker)
     polls = calls_to(app.broker, "ReceiveMessage")
-    worker = Worker(app, pool="threads", concurrency=1)
+    worker = Worker(app, pool="threads", concurrency=2)
     thread = threading.Thread(target=worker.start)
     thread.start()
     try:
-        # Then every receive is a long poll (no stream of paid short polls)
-        wait_for(lambda: len(polls) >= 3)
-        assert all(poll["WaitTimeSeconds"] >= 1 for poll in polls[:3])
-        # And a task sent to it meanwhile runs
+        wait_for(lambda: len(polls) >= 2)  # idle for a while
+        # When a task runs on one slot and another is sent meanwhile
+        napping = nap.delay(2.5)
+        wait_for(lambda: napping.state == "STARTED" or len(polls) >= 4)
         assert add.delay(2, 3).get(timeout=10) == 5
+        napping.get(timeout=10)
     finally:
         worker.stop()
         thread.join(10)
         app.close()
     assert not thread.is_alive()
+    # Then every receive was a long poll: none of the paid short polls with a sleep between
+    assert all(poll["WaitTimeSeconds"] >= 1 for poll in polls), polls
 
 
 def test_broadcast_is_refused_with_the_reason(broker: SQSBroker) -> None:

@@ -243,12 +243,13 @@ class SQSBroker(Broker):
 
     def receive(self, queues: Sequence[str], max_messages: int, timeout: float) -> list[Delivery]:
         """Long polls while a whole second of ``timeout`` is left (up to ``wait_time_seconds``
-        each; they return as soon as a message is there), then a wait for the fraction left
-        and a last short poll, so a call returns within ``timeout`` and an idle consumer with
-        short timeouts sends a few requests a second, not a stream. Several queues get a
-        short poll each first, so one queue's long poll does not hold up another's messages,
-        then long polls of a second in turn; the first queue rotates from call to call, for
-        fairness."""
+        each; they return as soon as a message is there); the fraction of a second left
+        after one is not waited out, as a long poll just looked. A ``timeout`` under a
+        second is a short poll, a wait for the fraction and a last short poll, so a call
+        returns within ``timeout`` and an idle consumer with short timeouts sends a few
+        requests a second, not a stream. Several queues get a short poll each first, so one
+        queue's long poll does not hold up another's messages, then long polls of a second
+        in turn; the first queue rotates from call to call, for fairness."""
         if max_messages <= 0 or not queues:
             return []
         deadline = time.monotonic() + timeout
@@ -257,6 +258,7 @@ class SQSBroker(Broker):
         order = [*queues[start:], *queues[:start]]
         refs = [(queue, self._queue(queue)) for queue in order]
         wait = min(self.settings.wait_time_seconds, int(timeout)) if len(refs) == 1 else 0
+        long_polled = False
         while True:
             deliveries: list[Delivery] = []
             for queue, ref in refs:
@@ -264,12 +266,15 @@ class SQSBroker(Broker):
                 if wanted <= 0:
                     break
                 deliveries += self._poll(queue, ref, wanted, 0 if deliveries else wait)
+            long_polled = long_polled or wait > 0
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
                 return deliveries
             longest = self.settings.wait_time_seconds if len(refs) == 1 else 1
             wait = min(longest, int(remaining))
             if wait == 0:
+                if long_polled:
+                    return []
                 time.sleep(remaining)
                 deadline = time.monotonic()
 

@@ -234,10 +234,8 @@ class Worker:
                 room = self._window - len(self._held)
                 free = pool.free_slots() > 0
                 received: list[Delivery] = []
-                if room >= self._low_water or (room > 0 and free and not self._ready):
-                    timeout = 0.0
-                    if free and not self._ready:
-                        timeout = self._receive_wait()
+                timeout = self._receive_timeout(room, free)
+                if timeout is not None:
                     received = broker.receive(self.queues, room, timeout)
                     for delivery in received:
                         self._accept(delivery)
@@ -256,17 +254,28 @@ class Worker:
                 policy = RetryPolicy.from_conf(self.app.conf, startup=False)
                 reconnect(broker, policy, logger, exc, stopping=lambda: self._stopping)
 
-    def _receive_wait(self) -> float:
-        """How long a receive may wait for the first message when there is nothing to run.
+    def _receive_timeout(self, room: int, free: bool) -> float | None:
+        """Whether to receive now (None: not) and how long to wait for a first message.
 
-        Short while jobs run (their reports are read between receives), or until the next
-        housekeeping; a worker holding nothing waits the store's ``idle_wait`` (SQS: a long
-        poll instead of paid short polls), as housekeeping has nothing to extend then and
-        the commands it runs can wait that long."""
+        A batch once half the window is free, or what there is when a slot is idle; the wait
+        is short while jobs run (their reports are read between receives), else until the
+        next housekeeping. A store with an ``idle_wait`` (SQS) is long-polled that long
+        whenever no job waits here to run (unless a rate-limited one falls due sooner), and
+        not polled at all while jobs wait for a busy pool: its polls are paid requests, its
+        long poll returns at the first message, and reports, housekeeping and commands can
+        wait that long."""
+        idle_slot = free and not self._ready
+        if room <= 0 or (room < self._low_water and not idle_slot):
+            return None
+        long_wait = self.app.broker.capabilities.idle_wait
+        if long_wait and not self.burst:
+            if self._ready:
+                return 0.0 if free else None
+            return self._pool_wait(long_wait) if self._waiting else long_wait
+        if not idle_slot:
+            return 0.0
         if self.burst or self.pool.in_flight():
             return BUSY_RECEIVE_TIMEOUT
-        if not self._held:
-            return max(IDLE_RECEIVE_TIMEOUT, self.app.broker.capabilities.idle_wait)
         return self._pool_wait(IDLE_RECEIVE_TIMEOUT)
 
     def _pool_wait(self, limit: float) -> float:
