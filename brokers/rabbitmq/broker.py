@@ -326,9 +326,9 @@ class RabbitMQBroker(Broker):
         """The channel prefetch never goes below ``count`` (nor the ``prefetch_count`` option)
         on this thread's session; 0 also withdraws the standing ask, giving back what was
         pushed and not handed out."""
-        floor = max(int(self.transport_options.get("prefetch_count", 0)), count)
-        session: Session | None = getattr(self._local, "session", None)
+        floor = max(self.prefetch_floor, count)
         self._local.floor = floor
+        session: Session | None = getattr(self._local, "session", None)
         if session is not None and session.usable:
             with self._session():
                 session.set_floor(floor, withdraw=count == 0)
