@@ -155,14 +155,8 @@ class Draft:
         ):
             return self._sibling(task_id, group_index, args, kwargs).encode()
         args, kwargs = list(args), dict(kwargs)
-        embed = {
-            "callbacks": task.callbacks,
-            "errbacks": task.errbacks,
-            "chain": task.chain,
-            "chord": task.chord,
-        }
         try:
-            body = dumps([args, kwargs, embed], self.serializer)[0]
+            body = dumps([args, kwargs, _embed(task)], self.serializer)[0]
         except SerializationError:  # encoded in full for the error that names the argument
             return self._sibling(task_id, group_index, args, kwargs).encode()
         headers = first.headers.copy()
@@ -251,6 +245,16 @@ def _isoformat(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
+def _embed(task: TaskMessage) -> dict[str, Any]:
+    """The body's third part: what runs after the task (Celery's ``embed``)."""
+    return {
+        "callbacks": task.callbacks,
+        "errbacks": task.errbacks,
+        "chain": task.chain,
+        "chord": task.chord,
+    }
+
+
 def encode_task(
     task: TaskMessage,
     *,
@@ -262,14 +266,10 @@ def encode_task(
 
     ``arg_names`` (the task function's positional parameter names) only improves the error for
     an argument that cannot be serialized; it is not consulted unless encoding failed."""
-    embed = {
-        "callbacks": task.callbacks,
-        "errbacks": task.errbacks,
-        "chain": task.chain,
-        "chord": task.chord,
-    }
     try:
-        body, content_type, content_encoding = dumps([task.args, task.kwargs, embed], serializer)
+        body, content_type, content_encoding = dumps(
+            [task.args, task.kwargs, _embed(task)], serializer
+        )
     except SerializationError as exc:
         raise _unserializable(task, serializer, arg_names, exc) from exc.__cause__
     headers: dict[str, Any] = {
