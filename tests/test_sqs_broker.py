@@ -368,6 +368,32 @@ def test_a_worker_long_polls_idle_or_busy_and_takes_messages_at_once(sqs_url: st
     assert all(poll["WaitTimeSeconds"] >= 1 for poll in polls), polls
 
 
+def test_a_long_late_ack_task_is_kept_invisible_while_the_worker_long_polls(sqs_url: str) -> None:
+    # Given a worker on SQS whose messages come back after a second unless extended
+    app = Taskframe("keep", broker=sqs_url, backend="memory://", set_as_current=False)
+    app.conf.broker_transport_options = {"visibility_timeout": 1}
+    runs: list[float] = []
+
+    @app.task(acks_late=True)
+    def slow(seconds: float) -> None:
+        runs.append(seconds)
+        time.sleep(seconds)
+
+    worker = Worker(app, pool="threads", concurrency=2)
+    thread = threading.Thread(target=worker.start)
+    thread.start()
+    try:
+        # When a late-ack task runs for longer than the visibility timeout
+        slow.delay(2.5).get(timeout=15)
+        time.sleep(1.5)  # room for a redelivery to show up, were the message let go
+    finally:
+        worker.stop()
+        thread.join(10)
+        app.close()
+    # Then it ran once: its visibility was extended on time between long polls
+    assert runs == [2.5]
+
+
 def test_broadcast_is_refused_with_the_reason(broker: SQSBroker) -> None:
     assert broker.capabilities.broadcast is False
     with pytest.raises(NotImplementedError, match="SQS has no fan-out"):

@@ -21,7 +21,7 @@ from conftest import wait_for
 
 from taskframe import Taskframe, states
 from taskframe.brokers.base import BACKEND_SCHEMES
-from taskframe.exceptions import Reject, SoftTimeLimitExceeded, TaskRevokedError
+from taskframe.exceptions import BrokerError, Reject, SoftTimeLimitExceeded, TaskRevokedError
 from taskframe.signals import (
     Signal,
     task_failure,
@@ -398,6 +398,31 @@ def test_visibility_is_extended_while_a_late_ack_task_runs(broker_url: str) -> N
         result.get(timeout=10)
         worker.join()
     assert runs == ["run"]
+    app.close()
+
+
+def test_a_refused_visibility_extension_is_a_warning_not_a_dead_worker(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a store that refuses to extend (SQS does, for a message delivered again)
+    from taskframe.brokers.memory import _MemoryDelivery
+
+    def refuse(self: _MemoryDelivery, seconds: float) -> None:
+        raise BrokerError("the receipt handle is no longer valid")
+
+    monkeypatch.setattr(_MemoryDelivery, "extend", refuse)
+    app = make_app("memory://", broker_transport_options={"visibility_timeout": 0.3})
+
+    @app.task(acks_late=True)
+    def long_task() -> str:
+        time.sleep(0.5)
+        return "done"
+
+    # Then the worker warns and goes on running what it is sent
+    with app.test_worker(concurrency=1):
+        assert long_task.delay().get(timeout=10) == "done"
+        assert long_task.delay().get(timeout=10) == "done"
+    assert "could not keep a message from celery invisible" in caplog.text
     app.close()
 
 

@@ -260,10 +260,10 @@ class Worker:
         A batch once half the window is free, or what there is when a slot is idle; the wait
         is short while jobs run (their reports are read between receives), else until the
         next housekeeping. A store with an ``idle_wait`` (SQS) is long-polled that long
-        whenever no job waits here to run (unless a rate-limited one falls due sooner), and
-        not polled at all while jobs wait for a busy pool: its polls are paid requests, its
-        long poll returns at the first message, and reports, housekeeping and commands can
-        wait that long."""
+        whenever no job waits here to run, and not polled at all while jobs wait for a busy
+        pool: its polls are paid requests and its long poll returns at the first message.
+        Reports and commands can wait that long; a held message's visibility extension, a
+        rate-limited job and a hard time limit cut the wait short."""
         idle_slot = free and not self._ready
         if room <= 0 or (room < self._low_water and not idle_slot):
             return None
@@ -271,12 +271,24 @@ class Worker:
         if long_wait and not self.burst:
             if self._ready:
                 return 0.0 if free else None
-            return self._pool_wait(long_wait) if self._waiting else long_wait
+            return self.pool.until_deadline(self._until_due(long_wait))
         if not idle_slot:
             return 0.0
         if self.burst or self.pool.in_flight():
             return BUSY_RECEIVE_TIMEOUT
         return self._pool_wait(IDLE_RECEIVE_TIMEOUT)
+
+    def _until_due(self, limit: float) -> float:
+        """``limit``, or less when a rate-limited job falls due or a held message needs its
+        visibility extended (at the first housekeeping from then) sooner."""
+        now = time.monotonic()
+        due = now + limit
+        if self._waiting:
+            due = min(due, self._waiting[0][0])
+        if self._extend_every is not None and self._touched:
+            extend_at = min(self._touched.values()) + self._extend_every
+            due = min(due, max(extend_at, self._next_housekeeping))
+        return max(0.0, due - now)
 
     def _pool_wait(self, limit: float) -> float:
         """``limit``, or less when housekeeping or a rate-limited job falls due sooner."""
@@ -404,8 +416,18 @@ class Worker:
                 if now - touched >= self._extend_every:
                     delivery = self._held.get(number)
                     if delivery is not None and not delivery.settled:
-                        delivery.extend(self._visibility)
+                        self._extend(delivery)
                     self._touched[number] = now
+
+    def _extend(self, delivery: Delivery) -> None:
+        """Keep a held message invisible; a store that refuses (the message was delivered
+        again meanwhile) costs a warning, not the worker."""
+        try:
+            delivery.extend(self._visibility)
+        except BrokerConnectionError:
+            raise
+        except BrokerError as exc:
+            logger.warning("could not keep a message from %s invisible: %s", delivery.queue, exc)
 
     def _run_command(self, command: tuple[Any, ...]) -> None:
         if command[0] == "terminate":

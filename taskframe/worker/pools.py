@@ -93,6 +93,11 @@ class Pool(ABC):
     def poll(self, timeout: float) -> list[Report]:
         """Reports of finished jobs, waiting up to ``timeout`` seconds for the first."""
 
+    def until_deadline(self, timeout: float) -> float:
+        """``timeout``, or less when a hard time limit falls due sooner: :meth:`poll` must be
+        called by then to enforce it."""
+        return timeout
+
     @abstractmethod
     def stop(self) -> None:
         """Release the pool's workers once nothing runs (warm shutdown)."""
@@ -198,7 +203,7 @@ class ThreadPool(Pool):
 
     def poll(self, timeout: float) -> list[Report]:
         reports = self._enforce_hard_limits()
-        wait = 0.0 if reports else min(timeout, self._until_next_deadline(timeout))
+        wait = 0.0 if reports else self.until_deadline(timeout)
         try:
             first = self._reports.get(timeout=wait) if wait > 0 else self._reports.get_nowait()
             reports.append(first)
@@ -213,12 +218,12 @@ class ThreadPool(Pool):
             self.active.pop(report.number, None)
         return reports
 
-    def _until_next_deadline(self, timeout: float) -> float:
+    def until_deadline(self, timeout: float) -> float:
         with self._lock:
             deadlines = [deadline for _, deadline in self._running.values() if deadline]
         if not deadlines:
             return timeout
-        return max(0.0, min(deadlines) - time.monotonic())
+        return max(0.0, min(timeout, min(deadlines) - time.monotonic()))
 
     def _enforce_hard_limits(self) -> list[Report]:
         """Raise TimeLimitExceeded in threads past their limit; give up on those told

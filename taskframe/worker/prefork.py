@@ -211,7 +211,7 @@ class PreforkPool(Pool):
         for child in self._children:
             waitables[child.connection] = child
             waitables[child.process.sentinel] = child
-        timeout = self._bounded_by_deadlines(timeout)
+        timeout = self.until_deadline(timeout)
         if timeout > 0 and self._saturated():
             time.sleep(min(timeout, self._nap()))
             timeout = 0.0
@@ -240,7 +240,7 @@ class PreforkPool(Pool):
         """About one job's time (the children's recent pace): the soonest a slot frees."""
         return min(SATURATED_NAP, self._pace)
 
-    def _bounded_by_deadlines(self, timeout: float) -> float:
+    def until_deadline(self, timeout: float) -> float:
         deadlines = [child.deadline for child in self._children if child.deadline is not None]
         if not deadlines:
             return timeout
