@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import os
 import queue
 import socket
@@ -279,20 +280,19 @@ class Worker:
         return self._pool_wait(IDLE_RECEIVE_TIMEOUT)
 
     def _until_due(self, limit: float) -> float:
-        """``limit``, or less when a rate-limited job falls due or a held message needs its
-        visibility extended (at the first housekeeping from then) sooner."""
-        now = time.monotonic()
-        due = now + limit
-        if self._waiting:
-            due = min(due, self._waiting[0][0])
+        """:meth:`_pool_wait` for a long wait: housekeeping counts only once a held message
+        needs its visibility extended (at the first housekeeping from then)."""
+        extend_at = math.inf
         if self._extend_every is not None and self._touched:
-            extend_at = min(self._touched.values()) + self._extend_every
-            due = min(due, max(extend_at, self._next_housekeeping))
-        return max(0.0, due - now)
+            extend_at = max(
+                min(self._touched.values()) + self._extend_every, self._next_housekeeping
+            )
+        return self._pool_wait(limit, housekeeping=extend_at)
 
-    def _pool_wait(self, limit: float) -> float:
-        """``limit``, or less when housekeeping or a rate-limited job falls due sooner."""
-        due = self._next_housekeeping
+    def _pool_wait(self, limit: float, *, housekeeping: float | None = None) -> float:
+        """``limit``, or less when housekeeping (at ``housekeeping``, if given) or a
+        rate-limited job falls due sooner."""
+        due = self._next_housekeeping if housekeeping is None else housekeeping
         if self._waiting:
             due = min(due, self._waiting[0][0])
         return max(0.0, min(limit, due - time.monotonic()))
