@@ -4,65 +4,19 @@ Keys (in the run's own Redis db): ``bench:count`` (INCR per finished task), ``be
 (the count the harness waits for), ``bench:stamps`` (hash count -> server time of the first
 and of the target completion), ``bench:chord`` (list the chord body pushes to).
 
-The task side (:func:`hit`, :func:`chord_done`) reads ``BENCH_COUNTER_URL`` from the
-environment and connects lazily, once per process, so prefork children never share a socket.
+The task side is :mod:`benchmarks.task_counter`; this is the harness side.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import redis
 
-__all__ = ["COUNTER_URL_ENV", "Counter", "chord_done", "hit"]
+from benchmarks.task_counter import CHORD_KEY, COUNT_KEY, STAMPS_KEY, TARGET_KEY
 
-COUNTER_URL_ENV = "BENCH_COUNTER_URL"
-COUNT_KEY = "bench:count"
-TARGET_KEY = "bench:target"
-STAMPS_KEY = "bench:stamps"
-CHORD_KEY = "bench:chord"
-
-HIT_SCRIPT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 or n == tonumber(redis.call('GET', KEYS[2]) or '-1') then
-  local now = redis.call('TIME')
-  redis.call('HSET', KEYS[3], n, now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
-end
-return n
-"""
-
-
-class _TaskSide:
-    """The per-process Redis client the tasks use."""
-
-    def __init__(self) -> None:
-        self.pid = 0
-        self.client: redis.Redis[bytes] | None = None
-        self.script: Any = None
-
-    def connect(self) -> tuple[redis.Redis[bytes], Any]:
-        if self.client is None or self.pid != os.getpid():
-            self.pid = os.getpid()
-            self.client = redis.Redis.from_url(os.environ[COUNTER_URL_ENV])
-            self.script = self.client.register_script(HIT_SCRIPT)
-        return self.client, self.script
-
-
-_task_side = _TaskSide()
-
-
-def hit() -> int:
-    """Count one finished task (one round trip); returns the new count."""
-    _client, script = _task_side.connect()
-    return int(script(keys=[COUNT_KEY, TARGET_KEY, STAMPS_KEY]))
-
-
-def chord_done() -> None:
-    """Tell the harness the chord body ran."""
-    client, _script = _task_side.connect()
-    client.lpush(CHORD_KEY, b"done")
+__all__ = ["Counter"]
 
 
 class Counter:

@@ -14,7 +14,6 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
-from benchmarks.counter import COUNTER_URL_ENV
 from benchmarks.settings import (
     BENCH_QUEUE,
     ENV_BACKEND_URL,
@@ -32,6 +31,7 @@ from benchmarks.stores import (
     purge_amqp_queues,
     purge_sqs_queues,
 )
+from benchmarks.task_counter import COUNTER_URL_ENV
 
 __all__ = ["BIN", "REPO", "Runner", "Unavailable"]
 

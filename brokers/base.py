@@ -353,10 +353,10 @@ class ResultBackend(ABC):
 BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("taskframe.brokers.memory", "MemoryBroker", None),
     "sqlite": ("taskframe.brokers.sqlite", "SQLiteBroker", None),
-    "redis": ("taskframe.brokers.redis", "RedisBroker", "redis"),
-    "rediss": ("taskframe.brokers.redis", "RedisBroker", "redis"),
-    "redis+socket": ("taskframe.brokers.redis", "RedisBroker", "redis"),
-    "sentinel": ("taskframe.brokers.redis", "RedisBroker", "redis"),
+    "redis": ("taskframe.brokers.redis", "RedisBroker", None),
+    "rediss": ("taskframe.brokers.redis", "RedisBroker", None),
+    "redis+socket": ("taskframe.brokers.redis", "RedisBroker", None),
+    "sentinel": ("taskframe.brokers.redis", "RedisBroker", None),
     "amqp": ("taskframe.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
     "amqps": ("taskframe.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
     "pyamqp": ("taskframe.brokers.rabbitmq", "RabbitMQBroker", "rabbitmq"),
@@ -367,10 +367,10 @@ BROKER_SCHEMES: dict[str, tuple[str, str, str | None]] = {
 BACKEND_SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "memory": ("taskframe.brokers.memory", "MemoryBackend", None),
     "sqlite": ("taskframe.brokers.sqlite_backend", "SQLiteBackend", None),
-    "redis": ("taskframe.brokers.redis", "RedisBackend", "redis"),
-    "rediss": ("taskframe.brokers.redis", "RedisBackend", "redis"),
-    "redis+socket": ("taskframe.brokers.redis", "RedisBackend", "redis"),
-    "sentinel": ("taskframe.brokers.redis", "RedisBackend", "redis"),
+    "redis": ("taskframe.brokers.redis", "RedisBackend", None),
+    "rediss": ("taskframe.brokers.redis", "RedisBackend", None),
+    "redis+socket": ("taskframe.brokers.redis", "RedisBackend", None),
+    "sentinel": ("taskframe.brokers.redis", "RedisBackend", None),
 }
 
 

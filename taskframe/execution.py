@@ -4,15 +4,8 @@
 its state, publishes the follow-ups (retry, callbacks, the chain's next step, the chord body)
 and returns an :class:`Outcome` that tells the caller how to settle the message. Follow-ups
 are sent before the state is stored, as Celery does, so the stored result lists its children.
-``execute_async()`` is the same for the asyncio pool, awaiting ``async def`` tasks on the
-running loop.
-
-Time limits on the asyncio pool are cancellations with a reason: the pool cancels the
-asyncio task running ``execute_async`` with :data:`SOFT_LIMIT_CANCEL` or
-:data:`HARD_LIMIT_CANCEL`. A soft cancel is turned back, at the coroutine's own ``await``, into
-:class:`SoftTimeLimitExceeded` thrown into the task, which may catch it and clean up (the
-asyncio task is ``uncancel``-ed, so the coroutine goes on normally). A hard cancel reaches the
-task as ``CancelledError`` (for ``finally`` blocks) and fails it with ``TimeLimitExceeded``.
+The asyncio pool's counterpart is in :mod:`taskframe.execution_async` (asyncio is imported
+only where a task needs it: it weighs 3.4 MiB in every worker process).
 
 A message whose ``expires`` has passed is not run: it is stored as REVOKED (reason
 ``expired``), as Celery does. Every run is wrapped in :func:`task_log_context`, so log records
@@ -21,12 +14,10 @@ carry the task's name and id.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
 import traceback as traceback_module
-from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +29,7 @@ from taskframe.exceptions import (
     NotRegistered,
     Reject,
     Retry,
-    SoftTimeLimitExceeded,
     TaskRevokedError,
-    TimeLimitExceeded,
 )
 from taskframe.protocol import TaskMessage
 from taskframe.timeutils import utcnow
@@ -53,12 +42,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ACK",
     "DEAD_LETTER",
-    "HARD_LIMIT_CANCEL",
     "REQUEUE",
-    "SOFT_LIMIT_CANCEL",
     "Outcome",
     "execute",
-    "execute_async",
     "expired",
     "fail_unfinished",
     "revoked_outcome",
@@ -70,8 +56,6 @@ ACK = "ack"
 REQUEUE = "requeue"
 DEAD_LETTER = "dead_letter"
 IGNORED = "IGNORED"
-SOFT_LIMIT_CANCEL = "taskframe: soft time limit"
-HARD_LIMIT_CANCEL = "taskframe: hard time limit"
 
 
 @dataclass
@@ -400,7 +384,7 @@ def fail_unfinished(
         return run._failure(task, error)
 
 
-def _prepare(
+def prepare(
     app: Taskframe,
     message: TaskMessage,
     hostname: str | None,
@@ -429,7 +413,7 @@ def execute(
     is_eager: bool = False,
 ) -> Outcome:
     """Run one task call to completion in this thread."""
-    prepared = _prepare(app, message, hostname, delivery_info, is_eager)
+    prepared = prepare(app, message, hostname, delivery_info, is_eager)
     if isinstance(prepared, Outcome):
         return prepared
     run, task = prepared
@@ -441,90 +425,12 @@ def execute(
             run.begin(task)
             retval = task(*message.args, **message.kwargs)
             if inspect.isawaitable(retval):
-                retval = asyncio.run(_await(retval))
+                from taskframe.execution_async import run_to_completion
+
+                retval = run_to_completion(retval)
         except Exception as exc:
             error = exc
         return run.handle(task, retval, error)
-
-
-async def execute_async(
-    app: Taskframe,
-    message: TaskMessage,
-    *,
-    hostname: str | None = None,
-    delivery_info: dict[str, Any] | None = None,
-    run_sync: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
-) -> Outcome:
-    """Run one task call on the running event loop; sync tasks run through ``run_sync``
-    (a thread), so they never block the loop."""
-    prepared = _prepare(app, message, hostname, delivery_info, False)
-    if isinstance(prepared, Outcome):
-        return prepared
-    run, task = prepared
-    request = run.request
-    with request_context(request), task_log_context(message.task, message.id):
-        retval: Any = None
-        error: BaseException | None = None
-        try:
-            run.begin(task)
-            if task.is_async:
-                retval = await _Interruptible(task(*message.args, **message.kwargs))
-            elif run_sync is not None:
-                import contextvars
-
-                context = contextvars.copy_context()
-                retval = await run_sync(lambda: context.run(task, *message.args, **message.kwargs))
-            else:
-                retval = task(*message.args, **message.kwargs)
-        except asyncio.CancelledError as cancelled:
-            if cancelled.args[:1] != (HARD_LIMIT_CANCEL,):
-                raise
-            _uncancel()
-            limit = message.timelimit[0]
-            error = TimeLimitExceeded(f"TimeLimitExceeded({limit})")
-        except Exception as exc:
-            error = exc
-        return run.handle(task, retval, error)
-
-
-class _Interruptible:
-    """Awaits a coroutine step by step, so a soft-limit cancel of the asyncio task can be
-    thrown into that coroutine as :class:`SoftTimeLimitExceeded` instead."""
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        self.coroutine = coroutine
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        sent: Any = None
-        thrown: BaseException | None = None
-        while True:
-            try:
-                if thrown is not None:
-                    step = self.coroutine.throw(thrown)
-                else:
-                    step = self.coroutine.send(sent)
-            except StopIteration as stop:
-                return stop.value
-            try:
-                sent, thrown = (yield step), None
-            except asyncio.CancelledError as cancelled:
-                sent, thrown = None, cancelled
-                if cancelled.args[:1] == (SOFT_LIMIT_CANCEL,):
-                    _uncancel()
-                    thrown = SoftTimeLimitExceeded("SoftTimeLimitExceeded()")
-            except BaseException as other:
-                sent, thrown = None, other
-
-
-def _uncancel() -> None:
-    """Undo the pool's cancel request (Python 3.11+ counts them; 3.10 needs nothing)."""
-    uncancel = getattr(asyncio.current_task(), "uncancel", None)
-    if uncancel is not None:
-        uncancel()
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def expired(message: TaskMessage) -> bool:

@@ -10,14 +10,8 @@ import pytest
 
 from taskframe import Taskframe, states
 from taskframe.exceptions import SoftTimeLimitExceeded, TaskRevokedError, WorkerLostError
-from taskframe.execution import (
-    ACK,
-    HARD_LIMIT_CANCEL,
-    SOFT_LIMIT_CANCEL,
-    execute,
-    execute_async,
-    fail_unfinished,
-)
+from taskframe.execution import ACK, execute, fail_unfinished
+from taskframe.execution_async import HARD_LIMIT_CANCEL, SOFT_LIMIT_CANCEL, execute_async
 from taskframe.protocol import TaskMessage
 from taskframe.timeutils import utcnow
 

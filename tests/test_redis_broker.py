@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -23,6 +24,7 @@ from conftest import IN_CI, free_port, port_open, wait_for
 from taskframe.brokers.base import Delivery, Message, broker_from_url
 from taskframe.brokers.redis import RedisBroker
 from taskframe.brokers.redis.connection import parse_url
+from taskframe.brokers.redis.wire import RedisConnectionError
 from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
 pytestmark = pytest.mark.redis
@@ -283,14 +285,18 @@ def test_url_forms_are_parsed() -> None:
         RedisBroker("sentinel://127.0.0.1:26379")
 
 
-def test_tls_options_reach_the_connection_pool() -> None:
+def test_tls_options_reach_the_connection() -> None:
     store = RedisBroker(
-        "rediss://h:6380/0?ssl_cert_reqs=CERT_OPTIONAL", transport_options={"ssl_ca_certs": "/ca"}
+        "rediss://h:6380/0?ssl_cert_reqs=CERT_OPTIONAL",
+        transport_options={"ssl_check_hostname": "false"},
     )
-    kwargs = store.client.connection_pool.connection_kwargs
-    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"]) == ("optional", "/ca")
-    assert store.client.connection_pool.connection_class is redis.SSLConnection
+    tls = store.client.settings.tls
+    assert tls.verify_mode == ssl.CERT_OPTIONAL and not tls.check_hostname
+    assert store.client.settings.connect_timeout == 5.0
     store.close()
+    # A CA file that does not load is named when the broker is made, not at the first connect
+    with pytest.raises(ImproperlyConfigured, match=r"/nowhere/ca\.pem"):
+        RedisBroker("rediss://h:6380/0", transport_options={"ssl_ca_certs": "/nowhere/ca.pem"})
 
 
 @pytest.fixture(scope="module")
@@ -376,15 +382,16 @@ def test_a_receive_whose_reply_is_lost_gives_its_messages_back_at_once(
     # Given three messages, and a receive that runs on the server but whose reply never
     # arrives (the server or the connection dies right after the call ran)
     broker.publish_many([("lost-reply", Message(f"m{n}".encode()), 0.0, None) for n in range(3)])
-    connection = broker._producer.get().connection
-    read = connection.read_response
+    connection = broker._producer.connection
+    connection.connect()
+    read = connection.read
 
-    def reply_lost(*args: object, **kwargs: object) -> None:
-        read(*args, **kwargs)
-        monkeypatch.setattr(connection, "read_response", read)
-        raise redis.ConnectionError("Connection closed by server.")
+    def reply_lost() -> None:
+        read()
+        monkeypatch.setattr(connection, "read", read)
+        raise RedisConnectionError("connection closed by the Redis server")
 
-    monkeypatch.setattr(connection, "read_response", reply_lost)
+    monkeypatch.setattr(connection, "read", reply_lost)
     # (and the call is not run again while the server is up: that would bury what it took)
     with pytest.raises(BrokerConnectionError):
         broker.receive(["lost-reply"], 3, 0.0)
@@ -406,15 +413,15 @@ def test_a_receive_that_never_ran_gives_nothing_back_twice(
     broker.publish_many([("no-run", Message(f"m{n}".encode()), 0.0, None) for n in range(2)])
     [first] = broker.receive(["no-run"], 1, 1.0)
 
-    def never_ran(*args: object, **kwargs: object) -> None:
-        raise redis.ConnectionError("Error 111 connecting. Connection refused.")
+    def never_ran(data: bytes) -> None:
+        raise RedisConnectionError("error connecting: Connection refused")
 
-    connection = broker._producer.get().connection
-    send = connection.send_command
-    monkeypatch.setattr(connection, "send_command", never_ran)
+    connection = broker._producer.connection
+    send = connection.send
+    monkeypatch.setattr(connection, "send", never_ran)
     with pytest.raises(BrokerConnectionError):
         broker.receive(["no-run"], 1, 0.0)
-    monkeypatch.setattr(connection, "send_command", send)
+    monkeypatch.setattr(connection, "send", send)
     # When the consumer receives again
     [second] = broker.receive(["no-run"], 1, 1.0)
     # Then the first receive's message (still held) was not given back: the next is m1
@@ -434,12 +441,13 @@ def test_acks_sent_without_waiting_are_applied_and_resent_if_their_fate_is_unkno
     assert raw.hlen("unacked") == 2
     # And when the line breaks before their replies are read, they are sent again
     broker.send_acks(second)
-    connection = broker._unacked._line._connection()
+    connection = broker._unacked._line._line.connection
 
-    def broken() -> None:
-        raise redis.ConnectionError("Connection closed by server.")
+    def broken(count: int) -> None:
+        connection.disconnect()
+        raise RedisConnectionError("connection closed by the Redis server")
 
-    monkeypatch.setattr(connection, "read_response", broken)
+    monkeypatch.setattr(connection, "read_many", broken)
     assert broker.receive(["ack-line"], 1, 0.0) == []
     assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
 
@@ -487,12 +495,13 @@ def test_a_message_a_blocking_wait_takes_is_entered_like_kombu_unless_acked_at_o
     broker.send_acks([])
     assert landed(fourth.tag)
     raw.hdel("unacked", fourth.tag or "")
-    connection = broker._unacked._line._connection()
+    connection = broker._unacked._line._line.connection
 
-    def broken() -> None:
-        raise redis.ConnectionError("Connection closed by server.")
+    def broken(count: int) -> None:
+        connection.disconnect()
+        raise RedisConnectionError("connection closed by the Redis server")
 
-    monkeypatch.setattr(connection, "read_response", broken)
+    monkeypatch.setattr(connection, "read_many", broken)
     assert broker.receive(["waited"], 1, 0.0) == []
     assert raw.hexists("unacked", fourth.tag or "")
     fourth.ack()

@@ -101,7 +101,7 @@ def test_wrong_password_stops_the_worker_with_one_clear_line(
     output = worker.output()
     assert error_lines(output) == [
         f"Error: authentication failed for redis://default@127.0.0.1:{server.port}/0 "
-        "(invalid username-password pair or user is disabled.); "
+        "(WRONGPASS invalid username-password pair or user is disabled.); "
         "check the user name and password in the URL"
     ]
     assert "retry" not in output

@@ -142,7 +142,7 @@ def test_a_lost_connection_is_replaced(backend: RedisBackend, raw: redis.Redis[b
     # When the server drops the listener's connection
     connection = backend._listener._connection
     assert connection is not None
-    host, port = connection._sock.getsockname()
+    host, port = connection.sock.getsockname()
     address = f"{host}:{port}"
     (client,) = [c for c in raw.client_list() if c["addr"] == address]
     assert raw.client_kill_filter(_id=client["id"]) == 1

@@ -40,9 +40,9 @@ def test_a_single_publish_survives_a_dropped_held_connection(
     # Given a producer whose held connection the server has dropped
     broker.publish("q", Message(body=b"first"))
     broker.publish("q", Message(body=b"second"))
-    held = broker._producer.get().connection
+    held = broker._producer.connection
     assert held is not None
-    host, port = held._sock.getsockname()
+    host, port = held.sock.getsockname()
     raw = redis.Redis.from_url(redis_url)
     (client,) = [c for c in raw.client_list() if c["addr"] == f"{host}:{port}"]
     assert raw.client_kill_filter(_id=client["id"]) == 1

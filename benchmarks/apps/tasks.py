@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks import counter
+from benchmarks import task_counter
 
 __all__ = ["NAMES", "chord_done", "echo", "noop"]
 
@@ -16,7 +16,7 @@ NAMES = {"noop": "bench.noop", "echo": "bench.echo", "chord_done": "bench.chord_
 
 
 def noop(number: int) -> None:
-    counter.hit()
+    task_counter.hit()
 
 
 def echo(number: int) -> int:
@@ -24,4 +24,4 @@ def echo(number: int) -> int:
 
 
 def chord_done(results: Any = None) -> None:
-    counter.chord_done()
+    task_counter.chord_done()

@@ -10,17 +10,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from redis.exceptions import NoScriptError, ResponseError
-
 from taskframe.brokers.base import ResultBackend
 from taskframe.brokers.redis import scripts
-from taskframe.brokers.redis.connection import (
-    DedicatedClient,
-    connect,
-    parse_url,
-    translate_errors,
-)
+from taskframe.brokers.redis.client import HeldConnection, Script
+from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
 from taskframe.brokers.redis.listener import ResultListener
+from taskframe.brokers.redis.wire import NoScriptError, ResponseError
 from taskframe.exceptions import ChordError
 
 __all__ = ["RedisBackend"]
@@ -42,6 +37,11 @@ def _task_id_of(part: bytes) -> str:
 
 def _ms(expires: float | None) -> int:
     return 0 if expires is None else max(1, int(expires * 1000))
+
+
+def _px(expires: float | None) -> tuple[str, int] | tuple[()]:
+    """SET's expiry arguments (none: kept for ever)."""
+    return ("PX", _ms(expires)) if expires is not None else ()
 
 
 def _chord_part(
@@ -71,36 +71,34 @@ class RedisBackend(ResultBackend):
         self.target = parse_url(url)
         self.recheck_interval = float(self.options.get("wait_recheck_interval", 10.0))
         self.client = connect(self.target, self.options)
-        self._commands = DedicatedClient(self.client)
-        self._set_script = self.client.register_script(scripts.SET_RESULT)
-        self._chord_script = self.client.register_script(scripts.CHORD_PART)
-        self._adjust_script = self.client.register_script(scripts.CHORD_ADJUST)
+        self._commands = HeldConnection(self.client.settings)
+        self._set_script = Script(scripts.SET_RESULT)
+        self._chord_script = Script(scripts.CHORD_PART)
+        self._adjust_script = Script(scripts.CHORD_ADJUST)
         self._listener = ResultListener(self.client, self.recheck_interval)
 
     def set(self, task_id: str, payload: bytes, *, expires: float | None) -> None:
         """GET, SET (with expiry) and PUBLISH in one script; a stored SUCCESS is kept."""
         with translate_errors(self.target):
-            self._set_script(
-                keys=[TASK_PREFIX + task_id],
-                args=[payload, _ms(expires)],
-                client=self._commands.get(),
-            )
+            self._set_script(self._commands, [TASK_PREFIX + task_id], [payload, _ms(expires)])
 
     def get(self, task_id: str) -> bytes | None:
         with translate_errors(self.target):
-            value: bytes | None = self._commands.get().get(TASK_PREFIX + task_id)
+            value: bytes | None = self._commands.execute("GET", TASK_PREFIX + task_id)
         return value
 
     def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
         if not task_ids:
             return []
         with translate_errors(self.target):
-            values: list[bytes | None] = self.client.mget([TASK_PREFIX + t for t in task_ids])
+            values: list[bytes | None] = self.client.execute(
+                "MGET", *[TASK_PREFIX + t for t in task_ids]
+            )
         return values
 
     def delete(self, task_id: str) -> None:
         with translate_errors(self.target):
-            self.client.delete(TASK_PREFIX + task_id)
+            self.client.execute("DEL", TASK_PREFIX + task_id)
 
     def wait(
         self,
@@ -119,21 +117,21 @@ class RedisBackend(ResultBackend):
         deadline = None if timeout is None else time.monotonic() + timeout
         with translate_errors(self.target):
             return self._listener.wait(
-                key, lambda: self._commands.get().get(key), is_ready, deadline
+                key, lambda: self._commands.execute("GET", key), is_ready, deadline
             )
 
     def set_group(self, group_id: str, payload: bytes, *, expires: float | None) -> None:
         with translate_errors(self.target):
-            self.client.set(GROUP_PREFIX + group_id, payload, px=_ms(expires) or None)
+            self.client.execute("SET", GROUP_PREFIX + group_id, payload, *_px(expires))
 
     def get_group(self, group_id: str) -> bytes | None:
         with translate_errors(self.target):
-            value: bytes | None = self.client.get(GROUP_PREFIX + group_id)
+            value: bytes | None = self.client.execute("GET", GROUP_PREFIX + group_id)
         return value
 
     def delete_group(self, group_id: str) -> None:
         with translate_errors(self.target):
-            self.client.delete(GROUP_PREFIX + group_id)
+            self.client.execute("DEL", GROUP_PREFIX + group_id)
 
     def chord_start(self, group_id: str, size: int, *, expires: float | None) -> None:
         """``DEL .c`` and ``SET .s size``, as Celery's producer does at apply time; also
@@ -141,8 +139,8 @@ class RedisBackend(ResultBackend):
         key = GROUP_PREFIX + group_id
         with translate_errors(self.target):
             pipe = self.client.pipeline(transaction=True)
-            pipe.delete(key + ".c", key + ".j", key + ".t", key + ".d")
-            pipe.set(key + ".s", size, px=_ms(expires) or None)
+            pipe.add("DEL", key + ".c", key + ".j", key + ".t", key + ".d")
+            pipe.add("SET", key + ".s", size, *_px(expires))
             pipe.execute()
 
     def chord_part_done(
@@ -150,7 +148,7 @@ class RedisBackend(ResultBackend):
     ) -> list[bytes] | None:
         keys, args = _chord_part(group_id, index, part, expires)
         with translate_errors(self.target):
-            reply = self._chord_script(keys=keys, args=args, client=self._commands.get())
+            reply = self._chord_script(self._commands, keys, args)
         return _parts(group_id, reply)
 
     def store_chord_member(
@@ -166,17 +164,12 @@ class RedisBackend(ResultBackend):
         """Both scripts in one write, so a chord header member costs one round trip."""
         set_keys, set_args = [TASK_PREFIX + task_id], [payload, _ms(expires)]
         keys, args = _chord_part(group_id, index, part, expires)
-        calls = [
-            (self._set_script, scripts.SET_RESULT, set_keys, set_args),
-            (self._chord_script, scripts.CHORD_PART, keys, args),
-        ]
+        calls = [(self._set_script, set_keys, set_args), (self._chord_script, keys, args)]
         with translate_errors(self.target):
-            replies = self._commands.execute_many(
-                [("EVALSHA", scripts.digest(source), len(k), *k, *a) for _, source, k, a in calls]
-            )
-            for number, (reply, (script, _, k, a)) in enumerate(zip(replies, calls, strict=True)):
+            replies = self._commands.execute_many([s.command(k, a) for s, k, a in calls])
+            for number, (reply, (script, k, a)) in enumerate(zip(replies, calls, strict=True)):
                 if isinstance(reply, NoScriptError):  # not run: a restarted server
-                    replies[number] = script(keys=k, args=a, client=self._commands.get())
+                    replies[number] = script(self._commands, k, a)
                 elif isinstance(reply, ResponseError):
                     raise reply
         return _parts(group_id, replies[1])
@@ -184,7 +177,7 @@ class RedisBackend(ResultBackend):
     def chord_adjust(self, group_id: str, delta: int) -> None:
         key = GROUP_PREFIX + group_id
         with translate_errors(self.target):
-            reply = self._adjust_script(keys=[key + ".s", key + ".t"], args=[delta])
+            reply = self._adjust_script(self.client, [key + ".s", key + ".t"], [delta])
         if reply == -1:
             raise ChordError(f"chord {group_id} was never started (or its counter expired)")
 
@@ -192,4 +185,3 @@ class RedisBackend(ResultBackend):
         self._listener.close()
         self._commands.close()
         self.client.close()
-        self.client.connection_pool.disconnect()

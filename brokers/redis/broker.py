@@ -12,19 +12,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-import redis
-from redis.client import PubSub
-
 from taskframe.brokers.base import Broker, Capabilities, DeadLetter, Delivery, Message, Subscription
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
-from taskframe.brokers.redis.connection import (
-    DedicatedClient,
-    connect,
-    parse_url,
-    translate_errors,
-)
+from taskframe.brokers.redis.client import HeldConnection, Pipeline, Script, Subscriber
+from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
 from taskframe.brokers.redis.unacked import UNACKED, UNACKED_INDEX, Unacked
+from taskframe.brokers.redis.wire import NoScriptError
 from taskframe.protocol import new_id
 
 __all__ = ["RedisBroker", "RedisDelivery"]
@@ -78,27 +72,27 @@ class RedisDelivery(Delivery):
 class RedisSubscription(Subscription):
     """Pattern subscriptions on kombu's fanout channels ``/{db}.<channel>``."""
 
-    def __init__(self, broker: RedisBroker, pubsub: PubSub) -> None:
+    def __init__(self, broker: RedisBroker, subscriber: Subscriber) -> None:
         self.broker = broker
-        self.pubsub = pubsub
+        self.subscriber = subscriber
 
     def get(self, timeout: float) -> tuple[str, bytes] | None:
         deadline = time.monotonic() + timeout
         with translate_errors(self.broker.target):
             while True:
                 remaining = max(0.0, deadline - time.monotonic())
-                message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
-                if message is not None and message["type"] in ("message", "pmessage"):
-                    channel = message["channel"].decode("utf-8")
+                message = self.subscriber.get_message(remaining)
+                if message is not None:
+                    channel = message[0].decode("utf-8")
                     prefix = self.broker.fanout_prefix
-                    return channel[len(prefix) :] if channel.startswith(prefix) else channel, bytes(
-                        message["data"]
-                    )
+                    if channel.startswith(prefix):
+                        channel = channel[len(prefix) :]
+                    return channel, message[1]
                 if time.monotonic() >= deadline:
                     return None
 
     def close(self) -> None:
-        self.pubsub.close()
+        self.subscriber.close()
 
 
 class RedisBroker(Broker):
@@ -129,7 +123,7 @@ class RedisBroker(Broker):
             prefix if isinstance(prefix, str) else f"/{self.target.db}." if prefix else ""
         )
         self.client = connect(self.target, options)
-        self._producer = DedicatedClient(self.client)
+        self._producer = HeldConnection(self.client.settings)
         self._unacked = Unacked(
             self.client,
             self.target,
@@ -137,11 +131,11 @@ class RedisBroker(Broker):
             restore_batch=int(options.get("restore_batch", 100)),
             mutex_expire=float(options.get("unacked_mutex_expire", 300)),
         )
-        self._receive_sha = scripts.digest(scripts.RECEIVE)
-        self._promote_script = self.client.register_script(scripts.PROMOTE)
-        self._move_script = self.client.register_script(scripts.ACK_ONE_INTO)
-        self._replay_script = self.client.register_script(scripts.REPLAY)
-        self._rate_script = self.client.register_script(scripts.RATE_TOKEN)
+        self._receive_script = Script(scripts.RECEIVE)
+        self._promote_script = Script(scripts.PROMOTE)
+        self._move_script = Script(scripts.ACK_ONE_INTO)
+        self._replay_script = Script(scripts.REPLAY)
+        self._rate_script = Script(scripts.RATE_TOKEN)
         self._declared: set[str] = set()
         self._rotation = 0
         self._next_sweep = 0.0
@@ -180,25 +174,23 @@ class RedisBroker(Broker):
                 key = kombu.list_key(queue, number)
                 if delay > 0 and self.durable_delays:
                     member = json.dumps([queue, key, data])
-                    pipe.zadd(DELAYED, {member: now + delay})
-                    pipe.hincrby(DELAYED_COUNTS, queue, 1)
+                    pipe.add("ZADD", DELAYED, now + delay, member)
+                    pipe.add("HINCRBY", DELAYED_COUNTS, queue, 1)
                 else:
                     ready.setdefault(key, []).append(data)
             for key, values in ready.items():
-                pipe.lpush(key, *values)
+                pipe.add("LPUSH", key, *values)
             if time.monotonic() >= self._next_promote:
                 self._next_promote = time.monotonic() + self.promote_interval
-                self._promote_script(
-                    keys=[DELAYED, DELAYED_COUNTS], args=[now, PROMOTE_LIMIT], client=pipe
-                )
+                pipe.script(self._promote_script, [DELAYED, DELAYED_COUNTS], [now, PROMOTE_LIMIT])
             pipe.execute()
 
-    def _declare(self, pipe: redis.client.Pipeline[bytes], queue: str) -> None:
+    def _declare(self, pipe: Pipeline, queue: str) -> None:
         """Write the binding Celery writes, so kombu producers and workers see the queue."""
         if queue not in self._declared:
             key, member = kombu.binding(queue)
-            pipe.sadd(key, member)
-            pipe.sadd(f"_kombu.binding_permanent.{queue}", member)
+            pipe.add("SADD", key, member)
+            pipe.add("SADD", f"_kombu.binding_permanent.{queue}", member)
             self._declared.add(queue)
 
     # consuming
@@ -213,7 +205,7 @@ class RedisBroker(Broker):
             while True:
                 count = int(
                     self._promote_script(
-                        keys=[DELAYED, DELAYED_COUNTS], args=[time.time(), PROMOTE_LIMIT]
+                        self.client, [DELAYED, DELAYED_COUNTS], [time.time(), PROMOTE_LIMIT]
                     )
                 )
                 moved += count
@@ -244,7 +236,8 @@ class RedisBroker(Broker):
                     return []
                 if next_due is not None:
                     remaining = min(remaining, max(next_due - time.time(), 0.001))
-                popped = self.client.brpop(keys, timeout=remaining)
+                # whole milliseconds: BRPOP rounds a shorter wait to 0, which blocks forever
+                popped = self.client.execute("BRPOP", *keys, max(0.001, round(remaining, 3)))
                 if popped is not None:
                     key = popped[0].decode("utf-8")
                     return [self._take(names[keys.index(key)], popped[1])]
@@ -271,11 +264,12 @@ class RedisBroker(Broker):
             call,
             max(1, int(self.visibility_timeout)),
         ]
-        command: tuple[str | float, ...] = (len(ledger) + len(keys), *ledger, *keys, *args, *names)
+        script = self._receive_script
+        command = script.command([*ledger, *keys], [*args, *names])
         try:
-            reply = self._producer.execute("EVALSHA", self._receive_sha, *command, once=True)
-        except redis.exceptions.NoScriptError:  # the script did not run: a restarted server
-            reply = self._producer.execute("EVAL", scripts.RECEIVE, *command, once=True)
+            reply = self._producer.execute(*command, once=True)
+        except NoScriptError:  # the script did not run: a restarted server
+            reply = self._producer.execute("EVAL", script.source, *command[2:], once=True)
         self._unanswered = None
         next_due = float(reply[0]) if reply[0] else None
         deliveries: list[Delivery] = []
@@ -360,7 +354,7 @@ class RedisBroker(Broker):
         line has landed what it carries (the entry may still be on its way there)."""
         self._unacked.flush()
         with translate_errors(self.target):
-            self._move_script(keys=[UNACKED, UNACKED_INDEX, key], args=[tag, value, side])
+            self._move_script(self.client, [UNACKED, UNACKED_INDEX, key], [tag, value, side])
 
     def _extend(self, delivery: RedisDelivery, seconds: float) -> None:
         if delivery.tag is not None:
@@ -391,7 +385,9 @@ class RedisBroker(Broker):
 
     def _dead_letter_records(self, queue: str, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
         with translate_errors(self.target):
-            raws = self.client.lrange(dead_letter_key(queue), 0, limit - 1 if limit > 0 else -1)
+            raws = self.client.execute(
+                "LRANGE", dead_letter_key(queue), 0, limit - 1 if limit > 0 else -1
+            )
         records = []
         for raw in raws:
             try:
@@ -428,13 +424,13 @@ class RedisBroker(Broker):
             pipe = self.client.pipeline(transaction=False)
             self._declare(pipe, queue)
             pipe.execute()
-            return int(self._replay_script(keys=[dead_letter_key(queue)], args=args))
+            return int(self._replay_script(self.client, [dead_letter_key(queue)], args))
 
     def purge_dead_letters(self, queue: str) -> int:
         with translate_errors(self.target):
             pipe = self.client.pipeline(transaction=True)
-            pipe.llen(dead_letter_key(queue))
-            pipe.delete(dead_letter_key(queue))
+            pipe.add("LLEN", dead_letter_key(queue))
+            pipe.add("DEL", dead_letter_key(queue))
             return int(pipe.execute()[0])
 
     # queue management
@@ -444,16 +440,16 @@ class RedisBroker(Broker):
         with translate_errors(self.target):
             pipe = self.client.pipeline(transaction=True)
             for key in keys:
-                pipe.llen(key)
-            pipe.delete(*keys)
+                pipe.add("LLEN", key)
+            pipe.add("DEL", *keys)
             return sum(int(n) for n in pipe.execute()[: len(keys)])
 
     def size(self, queue: str) -> int:
         with translate_errors(self.target):
             pipe = self.client.pipeline(transaction=False)
             for key in kombu.list_keys(queue):
-                pipe.llen(key)
-            pipe.hget(DELAYED_COUNTS, queue)
+                pipe.add("LLEN", key)
+            pipe.add("HGET", DELAYED_COUNTS, queue)
             *ready, delayed = pipe.execute()
         return sum(int(n) for n in ready) + int(delayed or 0)
 
@@ -461,28 +457,27 @@ class RedisBroker(Broker):
 
     def broadcast(self, channel: str, payload: bytes) -> None:
         with translate_errors(self.target):
-            self.client.publish(self.fanout_prefix + channel, payload)
+            self.client.execute("PUBLISH", self.fanout_prefix + channel, payload)
 
     def subscribe(self, channels: Sequence[str]) -> Subscription:
         """PSUBSCRIBE like kombu (``#`` in a channel becomes ``*``)."""
         patterns = [self.fanout_prefix + channel.replace("#", "*") for channel in channels]
         with translate_errors(self.target):
-            pubsub = self.client.pubsub()
-            pubsub.psubscribe(*patterns)
-        return RedisSubscription(self, pubsub)
+            subscriber = self.client.subscriber()
+            subscriber.psubscribe(*patterns)
+        return RedisSubscription(self, subscriber)
 
     def acquire_rate_token(self, key: str, rate: float, capacity: float) -> float:
         with translate_errors(self.target):
-            wait = self._rate_script(keys=[f"taskframe.rate.{key}"], args=[rate, capacity])
+            wait = self._rate_script(self.client, [f"taskframe.rate.{key}"], [rate, capacity])
         return float(wait)
 
     def ensure_connection(self) -> None:
         with translate_errors(self.target):
-            self.client.ping()
+            self.client.execute("PING")
         self._recover()
 
     def close(self) -> None:
         self._unacked.close()
         self._producer.close()
         self.client.close()
-        self.client.connection_pool.disconnect()

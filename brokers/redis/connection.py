@@ -1,4 +1,4 @@
-"""Redis URLs, clients and the one place redis-py's exceptions become taskframe's.
+"""Redis URLs, clients and the one place the client's exceptions become taskframe's.
 
 URL forms (the same as kombu's, so one setting serves both fleets):
 
@@ -6,44 +6,33 @@ URL forms (the same as kombu's, so one setting serves both fleets):
 * ``rediss://[user:password@]host[:port][/db][?ssl_cert_reqs=required&ssl_ca_certs=...]`` (TLS)
 * ``redis+socket:///path/to/redis.sock[?virtual_host=db]``
 * ``sentinel://[user:password@]host:port[/db];sentinel://host2:port2`` with the option
-  ``master_name`` (redis-py ``Sentinel.master_for``)
+  ``master_name``: each new connection asks the sentinels in turn where the master is now
 
 Options (broker ``transport_options`` or backend ``options``; URL query values override):
 ``socket_timeout`` (float, None: no read timeout, so blocking pops may wait as long as asked),
 ``socket_connect_timeout`` (float, 5.0), ``health_check_interval`` (int s, 25),
-``max_connections`` (int, None), ``retries`` (int, 1: redis-py retries of a command after a
+``max_connections`` (int, None), ``retries`` (int, 1: times a command is sent again after a
 dropped connection), ``ssl_cert_reqs`` (``required`` | ``optional`` | ``none``, or the
 ``CERT_*`` spellings; default ``required``), ``ssl_ca_certs``, ``ssl_certfile``,
-``ssl_keyfile``, ``ssl_check_hostname``, ``master_name`` and ``sentinel_kwargs`` (Sentinel),
-``protocol`` (2 or 3, RESP version; redis-py's default when unset).
-hiredis parses replies whenever it is installed (redis-py picks it up by itself).
+``ssl_keyfile``, ``ssl_check_hostname`` (default True unless ``ssl_cert_reqs`` is none),
+``master_name`` and ``sentinel_kwargs`` (``username``/``password`` for the sentinels
+themselves), ``protocol`` (2 or 3, the RESP version; unset: RESP3 where the server has it).
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-from redis.sentinel import Sentinel
-
+from taskframe.brokers.redis.client import Client
+from taskframe.brokers.redis.link import Settings
+from taskframe.brokers.redis.wire import RedisConnectionError, RedisError, ResponseError
 from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
 
-__all__ = [
-    "DedicatedClient",
-    "RedisTarget",
-    "connect",
-    "parse_url",
-    "read_replies",
-    "translate_errors",
-]
+__all__ = ["RedisTarget", "connect", "parse_url", "settings_for", "translate_errors"]
 
 _CERT_REQS = {
     "required": "required",
@@ -53,7 +42,6 @@ _CERT_REQS = {
     "none": "none",
     "cert_none": "none",
 }
-_SSL_KEYS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 
 
 @dataclass(frozen=True)
@@ -119,164 +107,89 @@ def _db_number(text: str, url: str) -> int:
         ) from None
 
 
-def _connection_kwargs(target: RedisTarget, options: dict[str, Any]) -> dict[str, Any]:
-    settings = {**options, **target.query}
-    kwargs: dict[str, Any] = {
+def settings_for(target: RedisTarget, options: dict[str, Any]) -> Settings:
+    """The connection settings for ``target``: its URL query overrides ``options``."""
+    merged = {**options, **target.query}
+    protocol = merged.get("protocol")
+    if protocol is not None and int(protocol) not in (2, 3):
+        raise ImproperlyConfigured(f"protocol={protocol!r} for {target.display}: use 2 or 3")
+    settings: dict[str, Any] = {
         "db": target.db,
         "username": target.username,
         "password": target.password,
-        "socket_timeout": _float_or_none(settings.get("socket_timeout")),
-        "socket_connect_timeout": _float_or_none(settings.get("socket_connect_timeout", 5.0)),
-        "socket_keepalive": True,
-        "health_check_interval": int(settings.get("health_check_interval", 25)),
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), int(settings.get("retries", 1))),
+        "protocol": None if protocol is None else int(protocol),
+        "socket_timeout": _float_or_none(merged.get("socket_timeout")),
+        "connect_timeout": _float_or_none(merged.get("socket_connect_timeout", 5.0)),
+        "health_check_interval": float(merged.get("health_check_interval", 25)),
     }
-    if settings.get("protocol") is not None:
-        kwargs["protocol"] = int(settings["protocol"])
+    if target.socket_path is not None:
+        return Settings(path=target.socket_path, keepalive=False, **settings)
+    host, port = target.hosts[0]
     if target.scheme == "rediss":
-        requested = str(settings.get("ssl_cert_reqs", "required")).lower()
-        if requested not in _CERT_REQS:
+        settings["tls"] = _tls_context(target, merged)
+    if target.scheme == "sentinel":
+        master_name = merged.get("master_name")
+        if not master_name:
             raise ImproperlyConfigured(
-                f"ssl_cert_reqs={requested!r} for {target.display}: use required, optional or none"
+                f"{target.display} needs the transport option master_name "
+                "(the name the sentinels monitor)"
             )
-        kwargs["ssl_cert_reqs"] = _CERT_REQS[requested]
-        for key in _SSL_KEYS:
-            if key in settings:
-                value = settings[key]
-                if key == "ssl_check_hostname" and isinstance(value, str):
-                    value = value.lower() in {"1", "true", "yes"}
-                kwargs[key] = value
-    return kwargs
+        sentinel = dict(merged.get("sentinel_kwargs") or {})
+        settings.update(
+            sentinels=target.hosts,
+            master_name=str(master_name),
+            sentinel_username=sentinel.get("username"),
+            sentinel_password=sentinel.get("password"),
+        )
+    return Settings(host=host, port=port, **settings)
+
+
+def _tls_context(target: RedisTarget, settings: dict[str, Any]) -> Any:
+    """An SSL context from the ``ssl_*`` options (``ssl`` is imported only for rediss://)."""
+    import ssl
+
+    requested = str(settings.get("ssl_cert_reqs", "required")).lower()
+    if requested not in _CERT_REQS:
+        raise ImproperlyConfigured(
+            f"ssl_cert_reqs={requested!r} for {target.display}: use required, optional or none"
+        )
+    try:
+        context = ssl.create_default_context(cafile=settings.get("ssl_ca_certs"))
+        if settings.get("ssl_certfile"):
+            context.load_cert_chain(settings["ssl_certfile"], settings.get("ssl_keyfile"))
+    except (OSError, ssl.SSLError) as exc:
+        files = [
+            settings[k] for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if k in settings
+        ]
+        raise ImproperlyConfigured(
+            f"TLS files for {target.display} do not load ({', '.join(map(str, files))}): {exc}"
+        ) from exc
+    check_hostname = settings.get("ssl_check_hostname", True)
+    if isinstance(check_hostname, str):
+        check_hostname = check_hostname.lower() in {"1", "true", "yes"}
+    context.check_hostname = bool(check_hostname) and requested != "none"
+    context.verify_mode = {
+        "required": ssl.CERT_REQUIRED,
+        "optional": ssl.CERT_OPTIONAL,
+        "none": ssl.CERT_NONE,
+    }[_CERT_REQS[requested]]
+    return context
 
 
 def _float_or_none(value: object) -> float | None:
     return None if value in (None, "", "none", "None") else float(str(value))
 
 
-def connect(target: RedisTarget, options: dict[str, Any]) -> redis.Redis[bytes]:
+def connect(target: RedisTarget, options: dict[str, Any]) -> Client:
     """A client with its own connection pool for ``target``."""
-    kwargs = _connection_kwargs(target, options)
     max_connections = options.get("max_connections")
-    if target.scheme == "sentinel":
-        master_name = options.get("master_name") or target.query.get("master_name")
-        if not master_name:
-            raise ImproperlyConfigured(
-                f"{target.display} needs the transport option master_name "
-                "(the name the sentinels monitor)"
-            )
-        sentinel_kwargs = dict(options.get("sentinel_kwargs") or {})
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs, **kwargs)
-        client: redis.Redis[bytes] = sentinel.master_for(str(master_name), redis_class=redis.Redis)
-        return client
-    pool_kwargs: dict[str, Any] = dict(kwargs)
-    if max_connections is not None:
-        pool_kwargs["max_connections"] = int(max_connections)
-    if target.socket_path is not None:
-        pool_kwargs.pop("socket_keepalive")
-        pool_kwargs["path"] = target.socket_path
-        pool_kwargs["connection_class"] = redis.UnixDomainSocketConnection
-    else:
-        host, port = target.hosts[0]
-        pool_kwargs["host"], pool_kwargs["port"] = host, port
-        if target.scheme == "rediss":
-            pool_kwargs["connection_class"] = redis.SSLConnection
-    return redis.Redis(connection_pool=redis.ConnectionPool(**pool_kwargs))
+    return Client(
+        settings_for(target, options),
+        retries=int({**options, **target.query}.get("retries", 1)),
+        max_connections=None if max_connections is None else int(max_connections),
+    )
 
 
-class DedicatedClient:
-    """A client on one connection of ``client``'s pool, held for the life of the process.
-
-    Checking a connection out of redis-py's pool and back costs about 20 µs per command
-    (measured: an LPUSH takes 65 µs of CPU through the pool, 45 µs on a held connection), a
-    third of a single publish. Commands from several threads take turns on the connection,
-    so use it for short commands only, never for blocking pops. It connects on first use
-    (inside the caller's ``translate_errors``) and again in a forked child, which leaves the
-    parent's socket alone.
-
-    :meth:`execute` goes one step further for the hottest command (a single publish): it
-    writes straight to the held connection and reads the raw reply, skipping the client's
-    wrapper (retry object, observability hooks, reply callbacks): 19 against 12 µs of CPU
-    per LPUSH, measured."""
-
-    def __init__(self, client: redis.Redis[bytes]) -> None:
-        self.client = client
-        self._held: redis.Redis[bytes] | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def get(self) -> redis.Redis[bytes]:
-        held = self._held
-        if held is None or self._pid != os.getpid():
-            with self._lock:
-                held = self._held
-                if held is None or self._pid != os.getpid():
-                    held = redis.Redis(
-                        connection_pool=self.client.connection_pool, single_connection_client=True
-                    )
-                    self._held, self._pid = held, os.getpid()
-        return held
-
-    def execute(self, *command: str | bytes | float, once: bool = False) -> Any:
-        """Send one command and return its raw reply. A dropped connection is reconnected
-        and the command sent once more, as the client's own retry would; with ``once`` only
-        when the first write failed, so a command whose reply was lost never runs twice."""
-        held: Any = self.get()
-        with held.single_connection_lock:
-            connection = held.connection
-            try:
-                connection.send_command(*command, check_health=False)
-            except (redis.ConnectionError, redis.TimeoutError):
-                connection.disconnect()
-                connection.send_command(*command, check_health=False)
-            try:
-                return connection.read_response()
-            except (redis.ConnectionError, redis.TimeoutError):
-                connection.disconnect()
-                if once:
-                    raise
-                connection.send_command(*command, check_health=False)
-                return connection.read_response()
-
-    def execute_many(self, commands: Sequence[Sequence[str | bytes | float]]) -> list[Any]:
-        """Send ``commands`` in one write and return their raw replies in order, an error
-        reply as its ``ResponseError``. A dropped connection is reconnected and all are sent
-        once more (use it for commands that can run twice)."""
-        held: Any = self.get()
-        with held.single_connection_lock:
-            connection = held.connection
-            packed = connection.pack_commands(commands)
-            try:
-                connection.send_packed_command(packed, False)
-                return read_replies(connection, len(commands))
-            except (redis.ConnectionError, redis.TimeoutError):
-                connection.disconnect()
-                connection.send_packed_command(packed, False)
-                return read_replies(connection, len(commands))
-
-    def close(self) -> None:
-        held, self._held = self._held, None
-        if held is not None and self._pid == os.getpid():
-            held.close()
-
-
-def read_replies(connection: Any, count: int) -> list[Any]:
-    """The next ``count`` raw replies on ``connection``, an error reply as its
-    ``ResponseError`` (so one bad reply does not leave the others unread)."""
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(connection.read_response())
-        except redis.ResponseError as exc:
-            replies.append(exc)
-    return replies
-
-
-_AUTH_ERRORS: tuple[type[Exception], ...] = (
-    redis.AuthenticationError,
-    # redis-py 5+ raises this for an ACL denial at connect; older stubs do not know it.
-    getattr(redis.exceptions, "AuthorizationError", redis.AuthenticationError),
-    getattr(redis.exceptions, "NoPermissionError", redis.AuthenticationError),
-)
 _DENIED = (
     "NOAUTH",
     "WRONGPASS",
@@ -289,25 +202,23 @@ _DENIED = (
 
 @contextmanager
 def translate_errors(target: RedisTarget) -> Iterator[None]:
-    """Turn redis-py exceptions into BrokerConnectionError / BrokerError naming the target.
+    """Turn the client's exceptions into BrokerConnectionError / BrokerError naming the target.
 
     Authentication and ACL failures are a plain ``BrokerError`` that says so: the server was
     reached and refused, so a worker stops with that one line instead of retrying a password
     that will never work (only ``BrokerConnectionError`` is retried)."""
     try:
         yield
-    except _AUTH_ERRORS as exc:
-        raise _denied(target, exc) from exc
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except RedisConnectionError as exc:
         raise BrokerConnectionError(
             f"cannot reach Redis at {target.address} ({exc}); check that the server is "
             f"running and that the URL {target.display} is right"
         ) from exc
-    except redis.ResponseError as exc:
+    except ResponseError as exc:
         if any(marker in str(exc) for marker in _DENIED):
             raise _denied(target, exc) from exc
         raise BrokerError(f"Redis at {target.display} refused a command: {exc}") from exc
-    except redis.RedisError as exc:
+    except RedisError as exc:
         raise BrokerError(f"Redis error on {target.display}: {exc}") from exc
 
 

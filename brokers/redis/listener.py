@@ -5,10 +5,10 @@ half of a client's round trip. The listener keeps one connection open instead. I
 to a result channel while at least one thread waits on it and reads the result key only once
 the subscription is in effect, so a result stored in between is never missed:
 
-* RESP3 (redis-py 6+ with Redis 6+): ``SUBSCRIBE`` and ``GET`` go out in one write on the
+* RESP3 (Redis 6+, the default): ``SUBSCRIBE`` and ``GET`` go out in one write on the
   subscribed connection, whose replies come back in order, so one round trip does both;
-* RESP2: the ``GET`` goes through the caller's ``fetch`` once the server has confirmed the
-  ``SUBSCRIBE``.
+* RESP2 (option ``protocol=2``, or an older server): the ``GET`` goes through the caller's
+  ``fetch`` once the server has confirmed the ``SUBSCRIBE``.
 
 A channel nobody waits on any more is unsubscribed in the next write (or once 100 are left),
 so a sequence of ``get()`` calls costs one write each.
@@ -31,15 +31,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-import redis
+from taskframe.brokers.redis.client import Client
+from taskframe.brokers.redis.link import Connection
+from taskframe.brokers.redis.wire import RedisConnectionError, RedisError, ResponseError, pack
 
 __all__ = ["ResultListener"]
 
 Command = tuple[str | bytes, ...]
-Connection = Any
-"""A redis-py connection; the types-redis stubs predate ``protocol`` and ``push_request``."""
 
 UNSUBSCRIBE_BATCH = 100
 """Channels left waiting for an UNSUBSCRIBE before one is sent without a write to ride on."""
@@ -56,13 +55,13 @@ class _Waiter:
         self.fetching = False
         """A GET sent on the listener's connection (RESP3) has not been answered yet."""
         self.fetched: bytes | None = None
-        self.error: redis.ResponseError | None = None
+        self.error: ResponseError | None = None
 
 
 class ResultListener:
     """Waits for values published on result keys' channels over one shared connection."""
 
-    def __init__(self, client: redis.Redis[bytes], recheck_interval: float) -> None:
+    def __init__(self, client: Client, recheck_interval: float) -> None:
         self.client = client
         self.recheck_interval = recheck_interval
         self._start(os.getpid())
@@ -128,8 +127,8 @@ class ResultListener:
         on RESP3 also read the key in the same write. True: ``waiter.fetched`` holds it."""
         connection = self._connection
         if connection is None:
-            connection = self._connection = self.client.connection_pool.get_connection()
-        resp3 = str(connection.protocol) == "3"
+            connection = self._connection = self.client.pool.get()
+        resp3 = connection.protocol == 3
         commands: list[Command] = []
         if waiter.generation != self._generation:
             key = waiter.key
@@ -204,10 +203,10 @@ class ResultListener:
         self._condition.release()
         try:
             reply = None
-            ready = connection.can_read(timeout=remaining)
+            ready = connection.readable(remaining)
             if ready:
-                reply = connection.read_response(push_request=True)
-        except redis.ResponseError as exc:
+                reply = connection.read()
+        except ResponseError as exc:
             self._condition.acquire()
             self._reading = False
             if self._fetches:
@@ -221,9 +220,7 @@ class ResultListener:
             if not dropped_meanwhile:
                 self._drop_connection()
             self._condition.notify_all()
-            if isinstance(exc, redis.RedisError) or (
-                dropped_meanwhile and isinstance(exc, Exception)
-            ):
+            if isinstance(exc, RedisError) or (dropped_meanwhile and isinstance(exc, Exception)):
                 return True
             raise
         self._condition.acquire()
@@ -255,7 +252,7 @@ class ResultListener:
     def _answer(self, reply: object) -> None:
         waiter = self._fetches.popleft()
         waiter.fetching = False
-        if isinstance(reply, redis.ResponseError):
+        if isinstance(reply, ResponseError):
             waiter.error = reply
         elif isinstance(reply, bytes):
             waiter.fetched = reply
@@ -269,8 +266,8 @@ class ResultListener:
             commands = [("UNSUBSCRIBE", *self._leaving), *commands]
             self._leaving = []
         try:
-            connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-        except (redis.ConnectionError, redis.TimeoutError):
+            connection.send(pack(commands))
+        except RedisConnectionError:
             self._drop_connection()
 
     def _drop_connection(self) -> None:
@@ -286,4 +283,4 @@ class ResultListener:
         self._fetches.clear()
         if connection is not None:
             connection.disconnect()
-            self.client.connection_pool.release(connection)
+            self.client.pool.release(connection)

@@ -9,9 +9,6 @@ makes the same assumption).
 
 from __future__ import annotations
 
-import hashlib
-from functools import cache
-
 __all__ = [
     "ACK_ONE_INTO",
     "CHORD_ADJUST",
@@ -22,7 +19,7 @@ __all__ = [
     "REPLAY",
     "RESTORE",
     "SET_RESULT",
-    "digest",
+    "UNLOCK",
 ]
 
 _PROMOTE_BODY = """
@@ -258,7 +255,11 @@ return redis.call('INCRBY', KEYS[2], ARGV[1])
 """Grow a running chord (``add_to_chord``): ``INCRBY .t``, as Celery."""
 
 
-@cache
-def digest(source: str) -> str:
-    """The SHA1 that names a script for EVALSHA (worked out once per script)."""
-    return hashlib.sha1(source.encode("utf-8")).hexdigest()
+UNLOCK = """
+-- KEYS: lock. ARGV: token. Deletes the lock only while it is still the caller's.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""Release ``unacked_mutex`` taken with ``SET NX PX`` (as redis-py's lock, which kombu uses)."""

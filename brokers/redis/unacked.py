@@ -17,17 +17,11 @@ import uuid
 from contextlib import suppress
 from typing import Any
 
-import redis
-from redis.exceptions import LockError
-
 from taskframe.brokers.redis import envelope as kombu
 from taskframe.brokers.redis import scripts
-from taskframe.brokers.redis.connection import (
-    DedicatedClient,
-    RedisTarget,
-    read_replies,
-    translate_errors,
-)
+from taskframe.brokers.redis.client import Client, HeldConnection, Script
+from taskframe.brokers.redis.connection import RedisTarget, translate_errors
+from taskframe.brokers.redis.wire import RedisConnectionError, RedisError, ResponseError, pack
 from taskframe.exceptions import BrokerConnectionError
 
 __all__ = ["RECEIPT_PREFIX", "UNACKED", "UNACKED_INDEX", "UNACKED_MUTEX", "AckLine", "Unacked"]
@@ -48,7 +42,7 @@ class Unacked:
 
     def __init__(
         self,
-        client: redis.Redis[bytes],
+        client: Client,
         target: RedisTarget,
         *,
         visibility_timeout: float,
@@ -61,7 +55,8 @@ class Unacked:
         self.restore_batch = restore_batch
         self.mutex_expire = mutex_expire
         self._line = AckLine(client)
-        self._restore_script = client.register_script(scripts.RESTORE)
+        self._restore_script = Script(scripts.RESTORE)
+        self._unlock_script = Script(scripts.UNLOCK)
         self._unsent: list[str] = []
         self._unrecorded: list[Entry] = []
         self._held: list[Entry] = []
@@ -103,11 +98,11 @@ class Unacked:
                 if wait:
                     pipe = self.client.pipeline(transaction=True)
                     for tag, value, score in entries:
-                        pipe.hset(UNACKED, tag, value)
-                        pipe.zadd(UNACKED_INDEX, {tag: score})
+                        pipe.add("HSET", UNACKED, tag, value)
+                        pipe.add("ZADD", UNACKED_INDEX, score, tag)
                     if tags:
-                        pipe.zrem(UNACKED_INDEX, *tags)
-                        pipe.hdel(UNACKED, *tags)
+                        pipe.add("ZREM", UNACKED_INDEX, *tags)
+                        pipe.add("HDEL", UNACKED, *tags)
                     pipe.execute()
                 else:
                     self._line.write(entries, tags)
@@ -141,7 +136,7 @@ class Unacked:
         score = time.time() + seconds - self.visibility_timeout
         self.flush()
         with translate_errors(self.target):
-            self.client.zadd(UNACKED_INDEX, {tag: score}, xx=True, gt=True)
+            self.client.execute("ZADD", UNACKED_INDEX, "XX", "GT", score, tag)
 
     # giving back
 
@@ -155,12 +150,12 @@ class Unacked:
     def restore_receipt(self, call: str) -> None:
         """Put back the messages receive call ``call`` took, if it ran."""
         with translate_errors(self.target):
-            raw = self.client.get(self.receipt_key())
+            raw = self.client.execute("GET", self.receipt_key())
             receipt = json.loads(raw) if raw else None
             if not receipt or receipt[0] != call:
                 return
             tags = [str(tag) for tag in receipt[1]]
-            values = self.client.hmget(UNACKED, tags)
+            values = self.client.execute("HMGET", UNACKED, *tags)
             restored = sum(
                 self._restore_one(tag.encode(), value)
                 for tag, value in reversed(list(zip(tags, values, strict=True)))
@@ -174,25 +169,25 @@ class Unacked:
         this one never run at once; each message moves in one compare-and-swap script."""
         restored = 0
         with translate_errors(self.target):
-            lock = self.client.lock(UNACKED_MUTEX, timeout=self.mutex_expire)
-            if not lock.acquire(blocking=False):
+            token = uuid.uuid4().hex
+            expire = max(1, int(self.mutex_expire * 1000))
+            if self.client.execute("SET", UNACKED_MUTEX, token, "NX", "PX", expire) is None:
                 return 0
             try:
                 ceiling = time.time() - self.visibility_timeout
-                tags = self.client.zrangebyscore(
-                    UNACKED_INDEX, "-inf", ceiling, start=0, num=self.restore_batch
+                tags = self.client.execute(
+                    "ZRANGEBYSCORE", UNACKED_INDEX, "-inf", ceiling, "LIMIT", 0, self.restore_batch
                 )
-                values = self.client.hmget(UNACKED, tags) if tags else []
+                values = self.client.execute("HMGET", UNACKED, *tags) if tags else []
                 for tag, value in zip(tags, values, strict=True):
                     restored += self._restore_one(tag, value)
             finally:
-                with suppress(LockError):
-                    lock.release()
+                self._unlock_script(self.client, [UNACKED_MUTEX], [token])
         return restored
 
     def _restore_one(self, tag: bytes, value: bytes | None) -> int:
         if value is None:
-            self.client.zrem(UNACKED_INDEX, tag)
+            self.client.execute("ZREM", UNACKED_INDEX, tag)
             return 0
         try:
             envelope, exchange, routing_key = json.loads(value)
@@ -200,11 +195,12 @@ class Unacked:
             number = kombu.clamp_priority(restored["properties"].get("priority"))
         except (ValueError, TypeError, KeyError, AttributeError):
             log.error("dropping unreadable unacked entry %r: %r", tag, value[:200])
-            self.client.pipeline().zrem(UNACKED_INDEX, tag).hdel(UNACKED, tag).execute()
+            pipe = self.client.pipeline()
+            pipe.add("ZREM", UNACKED_INDEX, tag).add("HDEL", UNACKED, tag).execute()
             return 0
         keys = [kombu.list_key(q, number) for q in self._lookup(str(exchange), str(routing_key))]
         result = self._restore_script(
-            keys=[UNACKED, UNACKED_INDEX, *keys], args=[tag, value, json.dumps(restored)]
+            self.client, [UNACKED, UNACKED_INDEX, *keys], [tag, value, json.dumps(restored)]
         )
         return int(result)
 
@@ -213,7 +209,7 @@ class Unacked:
         routing through kombu's binding set; the routing key itself for exchange "")."""
         if not exchange:
             return [routing_key]
-        members = self.client.smembers(f"_kombu.binding.{exchange}")
+        members = self.client.execute("SMEMBERS", f"_kombu.binding.{exchange}")
         queues = []
         for member in members:
             key, _pattern, queue = member.decode("utf-8").split(kombu.SEP, 2)
@@ -223,7 +219,7 @@ class Unacked:
 
     def close(self) -> None:
         """Read what the ack line owes and send what was kept, if Redis answers."""
-        with suppress(redis.RedisError, BrokerConnectionError):
+        with suppress(RedisError, BrokerConnectionError):
             self.flush()
         self._line.close()
 
@@ -240,8 +236,8 @@ class AckLine:
     the caller to send again: writing an entry or removing it twice is harmless, and sent
     again in order, an entry still comes before its ack."""
 
-    def __init__(self, client: redis.Redis[bytes]) -> None:
-        self._line = DedicatedClient(client)
+    def __init__(self, client: Client) -> None:
+        self._line = HeldConnection(client.settings)
         self._pending: list[tuple[int, list[Entry], list[str]]] = []
         """Per write: its reply count, the entries and the acks it carried."""
         self._pid = os.getpid()
@@ -249,7 +245,7 @@ class AckLine:
 
     def write(self, entries: list[Entry], tags: list[str]) -> None:
         """Write HSET and ZADD of ``(tag, value, time)`` entries, then ZREM and HDEL of
-        ``tags``, in one write (``redis.ConnectionError`` if it fails)."""
+        ``tags``, in one write (:class:`~.wire.ConnectionError` if it fails)."""
         commands: list[tuple[Any, ...]] = []
         for tag, value, score in entries:
             commands += [("HSET", UNACKED, tag, value), ("ZADD", UNACKED_INDEX, score, tag)]
@@ -257,12 +253,7 @@ class AckLine:
             commands += [("ZREM", UNACKED_INDEX, *tags), ("HDEL", UNACKED, *tags)]
         with self._lock:
             self._forget_after_fork()
-            connection = self._connection()
-            try:
-                connection.send_packed_command(connection.pack_commands(commands), False)
-            except (redis.ConnectionError, redis.TimeoutError):
-                connection.disconnect()
-                raise
+            self._line.connection.send(pack(commands))
             self._pending.append((len(commands), entries, tags))
 
     def settle(self) -> tuple[list[Entry], list[str]]:
@@ -271,12 +262,11 @@ class AckLine:
             self._forget_after_fork()
             if not self._pending:
                 return [], []
-            connection = self._connection()
+            connection = self._line.connection
             while self._pending:
                 try:
-                    replies = read_replies(connection, self._pending[0][0])
-                except (redis.ConnectionError, redis.TimeoutError):
-                    connection.disconnect()
+                    replies = connection.read_many(self._pending[0][0])
+                except RedisConnectionError:
                     lost = self._pending
                     self._pending = []
                     return (
@@ -285,7 +275,7 @@ class AckLine:
                     )
                 self._pending.pop(0)
                 for reply in replies:
-                    if isinstance(reply, redis.ResponseError):
+                    if isinstance(reply, ResponseError):
                         raise reply
             return [], []
 
@@ -293,10 +283,6 @@ class AckLine:
         with self._lock:
             self._pending.clear()
             self._line.close()
-
-    def _connection(self) -> Any:
-        held: Any = self._line.get()
-        return held.connection
 
     def _forget_after_fork(self) -> None:
         """A forked child's line is a new connection: the parent's replies are not on it."""

@@ -1,4 +1,4 @@
-"""Beat's state and lease lock in Redis (redis-py), for beats on several hosts.
+"""Beat's state and lease lock in Redis, for beats on several hosts.
 
 URL: the broker's ``redis://[:password@]host[:port][/db]`` or ``rediss://...``.
 Options: ``prefix`` (str, default ``"taskframe:beat:"``) to run several schedules on one
@@ -12,25 +12,19 @@ Keys:
 
 Every read-compare-write runs as one Lua script, so it is atomic on the server. Lease expiry is
 compared with the caller's clock, like the SQLite store, so a fake clock drives it in tests.
-redis-py errors are raised as ``BrokerConnectionError`` / ``BrokerError``.
+Redis errors are raised as ``BrokerConnectionError`` / ``BrokerError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 
 from taskframe.beat.store import BeatStore, EntryState, from_us, to_us
-from taskframe.exceptions import BrokerConnectionError, BrokerError, ImproperlyConfigured
-
-try:
-    import redis
-except ImportError as exc:  # pragma: no cover - depends on the installation
-    raise ImproperlyConfigured(
-        "the Redis beat store needs redis-py: pip install 'taskframe[redis]'"
-    ) from exc
+from taskframe.brokers.redis.client import Script
+from taskframe.brokers.redis.connection import connect, parse_url, translate_errors
 
 __all__ = ["RedisBeatStore"]
 
@@ -84,29 +78,22 @@ class RedisBeatStore(BeatStore):
         self._due_key = f"{prefix}due"
         self._fingerprint_key = f"{prefix}fingerprint"
         self._lease_key = f"{prefix}lease"
-        with self._errors():
-            self._client: Any = redis.Redis.from_url(url, socket_timeout=10.0)
-            self._ensure = self._client.register_script(_ENSURE)
-            self._claim = self._client.register_script(_CLAIM)
-            self._unclaim = self._client.register_script(_UNCLAIM)
-            self._acquire = self._client.register_script(_ACQUIRE)
-            self._release = self._client.register_script(_RELEASE)
+        self._target = parse_url(url)
+        self._client = connect(self._target, {"socket_timeout": 10.0})
+        self._ensure = Script(_ENSURE)
+        self._claim = Script(_CLAIM)
+        self._unclaim = Script(_UNCLAIM)
+        self._acquire = Script(_ACQUIRE)
+        self._release = Script(_RELEASE)
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerConnectionError(f"beat store: cannot reach Redis: {exc}") from exc
-        except redis.RedisError as exc:
-            raise BrokerError(f"beat store (Redis): {exc}") from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return translate_errors(self._target)
 
     def states(self) -> dict[str, EntryState]:
         with self._errors():
             pipe = self._client.pipeline()
-            pipe.hgetall(self._due_key)
-            pipe.hgetall(self._fingerprint_key)
-            dues, fingerprints = pipe.execute()
+            pipe.add("HGETALL", self._due_key).add("HGETALL", self._fingerprint_key)
+            dues, fingerprints = (_mapping(reply) for reply in pipe.execute())
         return {
             name.decode(): EntryState(from_us(int(due)), fingerprints.get(name, b"").decode())
             for name, due in dues.items()
@@ -115,43 +102,45 @@ class RedisBeatStore(BeatStore):
     def ensure_entry(self, name: str, fingerprint: str, now: datetime) -> EntryState:
         with self._errors():
             due = self._ensure(
-                keys=[self._due_key, self._fingerprint_key],
-                args=[name, fingerprint, to_us(now)],
+                self._client,
+                [self._due_key, self._fingerprint_key],
+                [name, fingerprint, to_us(now)],
             )
         return EntryState(from_us(int(due)), fingerprint)
 
     def claim(self, name: str, due: datetime) -> bool:
         with self._errors():
-            return bool(self._claim(keys=[self._due_key], args=[name, to_us(due)]))
+            return bool(self._claim(self._client, [self._due_key], [name, to_us(due)]))
 
     def unclaim(self, name: str, due: datetime, previous: datetime) -> None:
         with self._errors():
-            self._unclaim(keys=[self._due_key], args=[name, to_us(due), to_us(previous)])
+            self._unclaim(self._client, [self._due_key], [name, to_us(due), to_us(previous)])
 
     def remove_except(self, names: Collection[str]) -> list[str]:
         keep = set(names)
         with self._errors():
-            stored = [name.decode() for name in self._client.hkeys(self._due_key)]
+            stored = [name.decode() for name in self._client.execute("HKEYS", self._due_key)]
             gone = [name for name in stored if name not in keep]
             if gone:
                 pipe = self._client.pipeline()
-                pipe.hdel(self._due_key, *gone)
-                pipe.hdel(self._fingerprint_key, *gone)
+                pipe.add("HDEL", self._due_key, *gone).add("HDEL", self._fingerprint_key, *gone)
                 pipe.execute()
         return gone
 
     def acquire_lease(self, owner: str, now: datetime, ttl: float) -> bool:
         expires = to_us(now) + int(ttl * 1_000_000)
         with self._errors():
-            return bool(self._acquire(keys=[self._lease_key], args=[owner, to_us(now), expires]))
+            return bool(
+                self._acquire(self._client, [self._lease_key], [owner, to_us(now), expires])
+            )
 
     def release_lease(self, owner: str) -> None:
         with self._errors():
-            self._release(keys=[self._lease_key], args=[owner])
+            self._release(self._client, [self._lease_key], [owner])
 
     def lease_holder(self, now: datetime) -> str | None:
         with self._errors():
-            lease = self._client.get(self._lease_key)
+            lease = self._client.execute("GET", self._lease_key)
         if lease is None:
             return None
         expires, _, owner = lease.decode().partition(" ")
@@ -160,3 +149,10 @@ class RedisBeatStore(BeatStore):
     def close(self) -> None:
         with self._errors():
             self._client.close()
+
+
+def _mapping(reply: Any) -> dict[bytes, bytes]:
+    """HGETALL's reply: a map on RESP3, a flat list of keys and values on RESP2."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))

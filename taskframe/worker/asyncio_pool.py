@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from taskframe.exceptions import TaskRevokedError, WorkerLostError
-from taskframe.execution import HARD_LIMIT_CANCEL, SOFT_LIMIT_CANCEL, execute_async
+from taskframe.execution_async import HARD_LIMIT_CANCEL, SOFT_LIMIT_CANCEL, execute_async
 from taskframe.worker.job import (
     Job,
     Report,
