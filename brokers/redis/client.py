@@ -33,14 +33,15 @@ BACKOFF_CAP = 1.0
 
 
 def _with_retries(retries: int, attempt: Callable[[], Any]) -> Any:
-    for number in range(retries + 1):
+    failures = 0
+    while True:
         try:
             return attempt()
         except RedisConnectionError:
-            if number >= retries:
+            if failures >= retries:
                 raise
-            time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2**number))
-    raise AssertionError("unreachable")
+            time.sleep(min(BACKOFF_CAP, BACKOFF_BASE * 2**failures))
+            failures += 1
 
 
 class Executor(Protocol):
@@ -161,6 +162,8 @@ class HeldConnection:
         """The held connection (take :attr:`lock` while using it)."""
         connection = self._connection
         if connection is None or self._pid != os.getpid():
+            if connection is not None:
+                connection.disconnect()  # the parent's: closed here, left open there
             connection = self._connection = Connection(self.settings)
             self._pid = os.getpid()
         return connection

@@ -116,7 +116,11 @@ class Connection:
             if settings.keepalive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if settings.tls is not None:
-                sock = settings.tls.wrap_socket(sock, server_hostname=host)
+                try:
+                    sock = settings.tls.wrap_socket(sock, server_hostname=host)
+                except OSError:
+                    sock.close()
+                    raise
         sock.settimeout(settings.socket_timeout)
         return sock
 
