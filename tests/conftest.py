@@ -80,6 +80,23 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def redis_raw(redis_url: str) -> Iterator[Any]:
+    """redis-py on the test database: an independent client to look at what taskframe wrote."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
+def resp_protocol(request: pytest.FixtureRequest) -> int:
+    """Each RESP version taskframe's Redis client speaks."""
+    version: int = request.param
+    return version
+
+
+@pytest.fixture
 def rabbitmq_url() -> str:
     require_server("RabbitMQ", RABBITMQ_HOST, RABBITMQ_PORT)
     return f"amqp://guest:guest@{RABBITMQ_HOST}:{RABBITMQ_PORT}//"

@@ -18,10 +18,8 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis[bytes]]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+def raw(redis_raw: redis.Redis[bytes]) -> redis.Redis[bytes]:
+    return redis_raw
 
 
 @pytest.fixture

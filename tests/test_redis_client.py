@@ -26,23 +26,16 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis[bytes]]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
-def client(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Client]:
-    made = connect(parse_url(redis_url), {"protocol": request.param})
+def client(redis_url: str, resp_protocol: int) -> Iterator[Client]:
+    made = connect(parse_url(redis_url), {"protocol": resp_protocol})
     yield made
     made.close()
 
 
-def kill(raw: redis.Redis[bytes], name: bytes) -> None:
+def kill(redis_raw: redis.Redis[bytes], name: bytes) -> None:
     """Drop, server side, the connection that named itself ``name``."""
-    (victim,) = [c for c in raw.client_list() if c["name"] == name.decode()]
-    assert raw.client_kill_filter(_id=victim["id"]) == 1
+    (victim,) = [c for c in redis_raw.client_list() if c["name"] == name.decode()]
+    assert redis_raw.client_kill_filter(_id=victim["id"]) == 1
 
 
 def test_replies_come_back_as_python_values(client: Client) -> None:
@@ -79,7 +72,7 @@ def test_an_argument_that_cannot_be_sent_is_named(client: Client) -> None:
         pack([("SET", "k", True)])
 
 
-def test_pipeline_and_transaction(client: Client, raw: redis.Redis[bytes]) -> None:
+def test_pipeline_and_transaction(client: Client, redis_raw: redis.Redis[bytes]) -> None:
     pipe = client.pipeline()
     pipe.add("INCR", "n").add("INCR", "n").add("GET", "n")
     assert pipe.execute() == [1, 2, b"2"]
@@ -90,46 +83,46 @@ def test_pipeline_and_transaction(client: Client, raw: redis.Redis[bytes]) -> No
     failing.add("SET", "s", "x").add("LPUSH", "s", "y").add("SET", "after", "1")
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         failing.execute()
-    assert raw.get("after") == b"1"  # every command ran; the first error is raised after
+    assert redis_raw.get("after") == b"1"  # every command ran; the first error is raised after
 
 
 def test_a_script_the_server_lost_runs_from_its_source(
-    client: Client, raw: redis.Redis[bytes]
+    client: Client, redis_raw: redis.Redis[bytes]
 ) -> None:
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-    raw.script_flush()
+    redis_raw.script_flush()
     assert script(client, ["c"], [5]) == 5
-    raw.script_flush()
+    redis_raw.script_flush()
     pipe = client.pipeline()
     pipe.script(script, ["c"], [1]).add("GET", "c")
     assert pipe.execute() == [6, b"5"]  # GET ran before the script went again by source
-    assert raw.get("c") == b"6"
+    assert redis_raw.get("c") == b"6"
     with pytest.raises(NoScriptError):
         client.execute("EVALSHA", "0" * 40, 0)
 
 
 def test_a_dropped_connection_is_replaced_and_the_command_sent_again(
-    client: Client, raw: redis.Redis[bytes]
+    client: Client, redis_raw: redis.Redis[bytes]
 ) -> None:
     client.execute("CLIENT", "SETNAME", "victim")
-    kill(raw, b"victim")
+    kill(redis_raw, b"victim")
     assert client.execute("PING") == b"PONG"
 
 
 def test_a_held_connection_sends_a_command_once_when_asked(
-    redis_url: str, raw: redis.Redis[bytes]
+    redis_url: str, redis_raw: redis.Redis[bytes]
 ) -> None:
     held = HeldConnection(connect(parse_url(redis_url), {}).settings)
     held.execute("CLIENT", "SETNAME", "held")
-    kill(raw, b"held")
+    kill(redis_raw, b"held")
     # with once, a command whose reply did not come is not sent again
     with pytest.raises(RedisConnectionError):
         held.execute("INCR", "once", once=True)
-    assert raw.get("once") is None  # (the server had closed the socket it was written to)
+    assert redis_raw.get("once") is None  # (the server had closed the socket it was written to)
     assert held.execute("INCR", "once", once=True) == 1  # on a new connection
     # without once, it is sent again on a new connection
     held.execute("CLIENT", "SETNAME", "held")
-    kill(raw, b"held")
+    kill(redis_raw, b"held")
     assert held.execute("INCR", "once") == 2
     assert held.execute_many([("INCR", "many"), ("LPUSH", "once", "x")])[0] == 1
     assert isinstance(held.execute_many([("LPUSH", "once", "x")])[0], ResponseError)
@@ -137,7 +130,7 @@ def test_a_held_connection_sends_a_command_once_when_asked(
 
 
 def test_subscriber_gets_messages_and_subscribes_again_after_a_drop(
-    client: Client, raw: redis.Redis[bytes]
+    client: Client, redis_raw: redis.Redis[bytes]
 ) -> None:
     subscriber = client.subscriber()
     subscriber.connection.call("CLIENT", "SETNAME", "listener")
@@ -145,13 +138,13 @@ def test_subscriber_gets_messages_and_subscribes_again_after_a_drop(
     # the subscription confirmation is not a message
     while subscriber.get_message(0.2) is not None:
         pass
-    raw.publish("news.a", b"one")
+    redis_raw.publish("news.a", b"one")
     assert subscriber.get_message(2.0) == (b"news.a", b"one")
-    kill(raw, b"listener")
+    kill(redis_raw, b"listener")
     assert subscriber.get_message(2.0) is None  # the drop is seen; subscribed again
     while subscriber.get_message(0.2) is not None:
         pass
-    raw.publish("news.b", b"two")
+    redis_raw.publish("news.b", b"two")
     assert subscriber.get_message(2.0) == (b"news.b", b"two")
     subscriber.close()
 

@@ -19,16 +19,14 @@ pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis[bytes]]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+def raw(redis_raw: redis.Redis[bytes]) -> redis.Redis[bytes]:
+    return redis_raw
 
 
-@pytest.fixture(params=[3, 2], ids=["resp3", "resp2"])
-def backend(redis_url: str, request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
+@pytest.fixture
+def backend(redis_url: str, resp_protocol: int) -> Iterator[RedisBackend]:
     """RESP3 reads the key on the subscribed connection itself; RESP2 through the client."""
-    store = RedisBackend(redis_url, options={"protocol": request.param})
+    store = RedisBackend(redis_url, options={"protocol": resp_protocol})
     yield store
     store.close()
 
