@@ -1,6 +1,6 @@
-"""The Redis client's TLS and Sentinel paths against real redis-server processes of our own:
-a TLS server with a certificate made for the test, and a master, its replica and a sentinel
-that fails the master over while a broker uses it."""
+"""The Redis client against redis-server processes of our own: a TLS server with a
+certificate made for the test, a server without HELLO (as before Redis 6), and a master, its
+replica and a sentinel that fails the master over while a broker uses it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from conftest import IN_CI, free_port, port_open, wait_for
 
 from taskframe.brokers.base import Delivery, Message
 from taskframe.brokers.redis import RedisBroker
-from taskframe.exceptions import BrokerConnectionError
+from taskframe.exceptions import BrokerConnectionError, BrokerError
 
 pytestmark = pytest.mark.redis
 
@@ -87,6 +87,27 @@ def test_tls_with_the_servers_certificate_authority(servers: Servers, tmp_path: 
     with pytest.raises(BrokerConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
         untrusting.ensure_connection()
     untrusting.close()
+
+
+def test_a_server_without_hello_is_spoken_to_in_resp2(servers: Servers) -> None:
+    port = free_port()
+    servers.start(
+        "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "pw",
+        "--rename-command", "HELLO", "",
+        port=port,
+    )  # fmt: skip
+    store = RedisBroker(f"redis://:pw@127.0.0.1:{port}/3")
+    store.publish("oldq", Message(body=b"resp2"))
+    [delivery] = store.receive(["oldq"], 1, 1.0)
+    assert delivery.message.body == b"resp2"
+    delivery.ack()
+    assert store.client.pool.get().protocol == 2
+    store.close()
+    # Asked for RESP3 explicitly, the server's refusal is the error
+    strict = RedisBroker(f"redis://:pw@127.0.0.1:{port}/3", transport_options={"protocol": 3})
+    with pytest.raises(BrokerError, match="HELLO"):
+        strict.ensure_connection()
+    strict.close()
 
 
 @pytest.mark.slow
