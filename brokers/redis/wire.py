@@ -14,6 +14,7 @@ pipeline's or a transaction's replies).
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 from collections.abc import Iterable, Sequence
@@ -113,6 +114,8 @@ class Reader:
         self.sock = sock
         self._buffer = b""
         self._position = 0
+        self._poller = select.poll()  # not select(): it fails on descriptors past 1023
+        self._poller.register(sock, select.POLLIN)
 
     def has_buffered(self) -> bool:
         return self._position < len(self._buffer)
@@ -122,9 +125,9 @@ class Reader:
         if self.has_buffered():
             return True
         if getattr(self.sock, "pending", None) is not None and self.sock.pending():  # type: ignore[attr-defined]
-            return True  # TLS: bytes already decrypted, invisible to select
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        return bool(ready)
+            return True  # TLS: bytes already decrypted, invisible to poll
+        wait = -1 if timeout is None else math.ceil(max(0.0, timeout) * 1000)
+        return bool(self._poller.poll(wait))
 
     def read(self) -> Any:
         line = self._line()
