@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -201,3 +202,34 @@ def test_an_unreachable_server_is_named(redis_url: str) -> None:
     client = connect(target, {"socket_connect_timeout": 1.0, "retries": 0})
     with pytest.raises(BrokerConnectionError, match=r"127\.0\.0\.1:1\b"), translate_errors(target):
         client.execute("PING")
+
+
+def test_a_silent_subscription_is_pinged_and_replaced_when_even_that_goes_unanswered(
+    redis_url: str, redis_raw: redis.Redis[bytes], resp_protocol: int
+) -> None:
+    client = connect(
+        parse_url(redis_url), {"health_check_interval": 0.3, "protocol": resp_protocol}
+    )
+    subscriber = client.subscriber()
+    subscriber.connection.call("CLIENT", "SETNAME", "quiet")
+    subscriber.psubscribe("news.*")
+    assert subscriber.get_message(0.2) is None  # the confirmation
+    # After an interval of silence it sends a PING, and the answer counts as hearing back
+    time.sleep(0.35)
+    assert subscriber.get_message(0.01) is None
+    assert subscriber.get_message(0.5) is None  # the PONG
+    (quiet,) = [c for c in redis_raw.client_list() if c["name"] == "quiet"]
+    assert quiet["cmd"] == "ping"
+    # When the server stops answering (paused), the connection is replaced once the PING has
+    # gone unanswered for an interval, and the subscription is made again on the new one
+    redis_raw.client_pause(1500)
+    time.sleep(0.35)
+    subscriber.get_message(0.01)
+    time.sleep(0.35)
+    subscriber.get_message(0.01)
+    assert not [c for c in redis_raw.client_list() if c["name"] == "quiet"]
+    subscriber.get_message(0.5)  # the new subscription's confirmation
+    redis_raw.publish("news.c", b"three")
+    assert subscriber.get_message(2.0) == (b"news.c", b"three")
+    subscriber.close()
+    client.close()

@@ -207,30 +207,40 @@ class HeldConnection:
 
 class Subscriber:
     """Pattern subscriptions on a connection of their own, subscribed again after the
-    connection breaks."""
+    connection breaks.
+
+    A subscribed connection only ever reads, so a connection the network dropped without a
+    word (a NAT or load balancer timing it out) would wait for ever: after
+    ``health_check_interval`` of silence it sends a PING, and when not even the answer comes
+    within another interval it connects and subscribes again."""
 
     def __init__(self, settings: Settings) -> None:
         self.connection = Connection(settings)
         self.patterns: list[Arg] = []
+        self._heard = time.monotonic()
+        self._pinged = 0.0
 
     def psubscribe(self, *patterns: Arg) -> None:
         self.patterns.extend(patterns)
         self.connection.send(pack([("PSUBSCRIBE", *patterns)]))
+        self._heard = time.monotonic()
 
     def get_message(self, timeout: float) -> tuple[bytes, bytes] | None:
-        """The next published ``(channel, data)``, or None after ``timeout`` seconds, on a
-        subscription confirmation, or when a broken connection was replaced (messages
-        published meanwhile are lost, as pub/sub's are)."""
+        """The next published ``(channel, data)``, or None after ``timeout`` seconds, on
+        any other reply, or when a broken connection was replaced (messages published
+        meanwhile are lost, as pub/sub's are)."""
         connection = self.connection
         try:
             if not connection.connected:
                 self._subscribe_again()
             if not connection.readable(timeout):
+                self._check_silence()
                 return None
             reply = connection.read()
         except RedisConnectionError:
             self._subscribe_again()  # raises while the server is away
             return None
+        self._heard, self._pinged = time.monotonic(), 0.0
         if not isinstance(reply, list) or not reply:
             return None
         if reply[0] == b"pmessage" and len(reply) == 4:
@@ -239,9 +249,21 @@ class Subscriber:
             return reply[1], reply[2]
         return None
 
+    def _check_silence(self) -> None:
+        interval = self.connection.settings.health_check_interval
+        now = time.monotonic()
+        if not interval or now - self._heard < interval:
+            return
+        if not self._pinged:
+            self._pinged = now
+            self.connection.send(pack([("PING",)]))
+        elif now - self._pinged >= interval:
+            raise RedisConnectionError(f"no answer to a PING for {interval:g} s")
+
     def _subscribe_again(self) -> None:
         self.connection.disconnect()
         self.connection.send(pack([("PSUBSCRIBE", *self.patterns)]))
+        self._heard, self._pinged = time.monotonic(), 0.0
 
     def close(self) -> None:
         self.connection.disconnect()
