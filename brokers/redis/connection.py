@@ -10,7 +10,9 @@ URL forms (the same as kombu's, so one setting serves both fleets):
 
 Options (broker ``transport_options`` or backend ``options``; URL query values override):
 ``socket_timeout`` (float, None: no read timeout, so blocking pops may wait as long as asked),
-``socket_connect_timeout`` (float, 5.0), ``health_check_interval`` (int s, 25),
+``socket_connect_timeout`` (float, 5.0), ``health_check_interval`` (s, 25: a connection idle
+that long is PINGed before use, a subscription silent that long is PINGed and replaced when
+the PING goes unanswered as long),
 ``max_connections`` (int, None), ``retries`` (int, 1: times a command is sent again after a
 dropped connection), ``ssl_cert_reqs`` (``required`` | ``optional`` | ``none``, or the
 ``CERT_*`` spellings; default ``required``), ``ssl_ca_certs``, ``ssl_certfile``,
