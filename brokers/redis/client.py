@@ -51,7 +51,9 @@ class Executor(Protocol):
 class Client:
     """Commands on pooled connections, for one process and any number of threads."""
 
-    def __init__(self, settings: Settings, *, retries: int = 1, max_connections: int | None = None):
+    def __init__(
+        self, settings: Settings, *, retries: int = 1, max_connections: int | None = None
+    ) -> None:
         self.settings = settings
         self.retries = retries
         self.pool = Pool(settings, max_connections)
