@@ -233,3 +233,16 @@ def test_a_silent_subscription_is_pinged_and_replaced_when_even_that_goes_unansw
     assert subscriber.get_message(2.0) == (b"news.c", b"three")
     subscriber.close()
     client.close()
+
+
+def test_an_idle_pooled_connection_is_checked_before_use(
+    redis_url: str, redis_raw: redis.Redis[bytes]
+) -> None:
+    # No retries: only the health check can save a command from a connection the server
+    # dropped while it sat idle in the pool
+    client = connect(parse_url(redis_url), {"health_check_interval": 0.2, "retries": 0})
+    client.execute("CLIENT", "SETNAME", "idle")
+    kill(redis_raw, b"idle")
+    time.sleep(0.3)
+    assert client.execute("PING") == b"PONG"
+    client.close()
