@@ -5,6 +5,7 @@ independent client that looks at the server's side."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -246,3 +247,22 @@ def test_an_idle_pooled_connection_is_checked_before_use(
     time.sleep(0.3)
     assert client.execute("PING") == b"PONG"
     client.close()
+
+
+def test_a_server_that_does_not_speak_resp_is_one_clear_error() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_nonsense() -> None:
+        connection, _ = listener.accept()
+        connection.recv(1024)
+        connection.sendall(b"$not-a-length\r\n")
+        connection.close()
+
+    threading.Thread(target=answer_nonsense, daemon=True).start()
+    target = parse_url(f"redis://127.0.0.1:{port}/0")
+    client = connect(target, {"retries": 0})
+    with pytest.raises(BrokerConnectionError, match="malformed reply"), translate_errors(target):
+        client.execute("PING")
+    client.close()
+    listener.close()

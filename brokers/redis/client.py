@@ -113,22 +113,22 @@ class Pipeline:
         """Every command's reply; the first error reply is raised once all have run."""
         if not self.commands:
             return []
-        commands: list[Sequence[Arg]] = list(self.commands)
+        commands: Sequence[Sequence[Arg]] = self.commands
         if self.transaction:
             commands = [("MULTI",), *commands, ("EXEC",)]
         replies = self.client.run_many(commands, raise_errors=False)
         if self.transaction:
-            queued, replies = replies[:-1], replies[-1]
-            for reply in (*queued, replies):
+            for reply in replies:  # a command refused when queued aborts the EXEC
                 if isinstance(reply, ResponseError):
                     raise reply
+            replies = replies[-1]
         for index, (script, keys, args) in self._scripts.items():
             if isinstance(replies[index], NoScriptError):
                 replies[index] = script(self.client, keys, args)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        return list(replies)
+        return replies
 
 
 class Script:

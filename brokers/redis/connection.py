@@ -184,10 +184,11 @@ def _float_or_none(value: object) -> float | None:
 
 def connect(target: RedisTarget, options: dict[str, Any]) -> Client:
     """A client with its own connection pool for ``target``."""
-    max_connections = options.get("max_connections")
+    merged = {**options, **target.query}
+    max_connections = merged.get("max_connections")
     return Client(
         settings_for(target, options),
-        retries=int({**options, **target.query}.get("retries", 1)),
+        retries=int(merged.get("retries", 1)),
         max_connections=None if max_connections is None else int(max_connections),
     )
 

@@ -117,12 +117,9 @@ class Reader:
         self._poller = select.poll()  # not select(): it fails on descriptors past 1023
         self._poller.register(sock, select.POLLIN)
 
-    def has_buffered(self) -> bool:
-        return self._position < len(self._buffer)
-
     def readable(self, timeout: float | None) -> bool:
         """True once a reply (or part of one) is waiting; ``timeout`` None waits forever."""
-        if self.has_buffered():
+        if self._position < len(self._buffer):
             return True
         if getattr(self.sock, "pending", None) is not None and self.sock.pending():  # type: ignore[attr-defined]
             return True  # TLS: bytes already decrypted, invisible to poll
@@ -130,6 +127,13 @@ class Reader:
         return bool(self._poller.poll(wait))
 
     def read(self) -> Any:
+        """The next reply; a stream that is not RESP is a :class:`RedisConnectionError`."""
+        try:
+            return self._read()
+        except ValueError as exc:  # a length or number that is not one
+            raise RedisConnectionError(f"malformed reply from Redis: {exc}") from exc
+
+    def _read(self) -> Any:
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b"$":
@@ -137,7 +141,7 @@ class Reader:
             return None if size < 0 else self._exact(size)
         if kind in (b"*", b">", b"~"):
             size = int(rest)
-            return None if size < 0 else [self.read() for _ in range(size)]
+            return None if size < 0 else [self._read() for _ in range(size)]
         if kind == b":":
             return int(rest)
         if kind == b"+":
@@ -150,7 +154,7 @@ class Reader:
         if kind == b"_":
             return None
         if kind == b"%":
-            pairs = [(self.read(), self.read()) for _ in range(int(rest))]
+            pairs = [(self._read(), self._read()) for _ in range(int(rest))]
             return dict(pairs)
         if kind == b",":
             return float(rest)
@@ -164,8 +168,8 @@ class Reader:
             return error_for(self._exact(int(rest)).decode("utf-8", "replace"))
         if kind == b"|":  # attributes: metadata ahead of the reply they describe
             for _ in range(2 * int(rest)):
-                self.read()
-            return self.read()
+                self._read()
+            return self._read()
         raise RedisConnectionError(f"unexpected reply from Redis: {kind + rest!r}")
 
     def _line(self) -> bytes:
